@@ -1,0 +1,43 @@
+# Everything builds on demand: `make demo` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PARITY_VENV := .venv-parity
+PARITY_PY := $(PARITY_VENV)/bin/python
+# Pinned so pip takes the local CPU wheel instead of a multi-GB CUDA build.
+TORCH_PIN := torch==2.13.0
+
+.PHONY: demo test test-fast parity-venv venv bench clean
+
+venv: $(VENV)/.installed
+parity-venv: $(PARITY_VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e '.[test,image,plot]'
+	touch $@
+
+$(PARITY_VENV)/.installed: tests/parity/requirements.txt
+	test -x $(PARITY_PY) || $(PYTHON) -m venv $(PARITY_VENV)
+	$(PARITY_PY) -m pip install -q $(TORCH_PIN)
+	$(PARITY_PY) -m pip install -q -r tests/parity/requirements.txt
+	touch $@
+
+demo: venv
+	$(PY) -m segnext_hub.demo
+
+# The whole suite, parity with MMSegmentation 1.2.2 included (it must not be skipped).
+test: venv parity-venv
+	SEGNEXT_REQUIRE_PARITY=1 SEGNEXT_PARITY_PYTHON=$(CURDIR)/$(PARITY_PY) $(PY) -m pytest -q
+
+# Everything but the MMSeg comparisons.
+test-fast: venv
+	$(PY) -m pytest -q -m "not parity"
+
+bench: venv parity-venv
+	SEGNEXT_PARITY_PYTHON=$(CURDIR)/$(PARITY_PY) $(PY) benchmarks/bench_model.py
+
+clean:
+	rm -rf $(VENV) $(PARITY_VENV) *.egg-info

@@ -1,0 +1,111 @@
+"""Runs inside the MMSegmentation 1.2.2 virtualenv; never imported by segnext_hub.
+
+Usage: python mmseg_worker.py JOB.json. The job names a variant, a state_dict file,
+input tensors and seeds; the worker builds MMSeg's model from the config the wheel ships,
+loads the weights strictly, and writes the outputs to job["out"] with torch.save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import types
+
+
+class _MissingCompiledOps(types.ModuleType):
+    """mmcv-lite has no compiled ``mmcv._ext``; SegNeXt calls none of its ops."""
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def missing(*args, **kwargs):
+            raise RuntimeError(f"compiled mmcv op {name} is not available in mmcv-lite")
+
+        return missing
+
+
+sys.modules.setdefault("mmcv._ext", _MissingCompiledOps("mmcv._ext"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import mmseg  # noqa: E402
+from mmengine.config import Config  # noqa: E402
+from mmseg.utils import register_all_modules  # noqa: E402
+
+register_all_modules()
+
+
+def config_path(variant: str) -> str:
+    root = os.path.join(os.path.dirname(mmseg.__file__), ".mim", "configs", "segnext")
+    return os.path.join(root, f"segnext_mscan-{variant}_1xb16-adamw-160k_ade20k-512x512.py")
+
+
+def build_config(job: dict) -> Config:
+    cfg = Config.fromfile(config_path(job["variant"]))
+    cfg.model.backbone.init_cfg = None
+    cfg.model.decode_head.num_classes = job.get("num_classes", 150)
+    cfg.model.decode_head.ham_kwargs.MD_R = job["md_r"]
+    return cfg
+
+
+def build_model(cfg: Config):
+    from mmseg.registry import MODELS
+
+    return MODELS.build(cfg.model)
+
+
+def main() -> None:
+    job = json.load(open(sys.argv[1]))
+    torch.set_num_threads(job.get("threads", torch.get_num_threads()))
+    cfg = build_config(job)
+    out: dict = {}
+    if job.get("predict_images"):
+        from mmseg.apis import inference_model, init_model
+
+        model = init_model(cfg, checkpoint=None, device="cpu")
+        model.load_state_dict(torch.load(job["weights"]), strict=True)
+        model.eval()
+        preds = []
+        for path in job["predict_images"]:
+            rgb = np.load(path)
+            torch.manual_seed(job["seed"])
+            result = inference_model(model, np.ascontiguousarray(rgb[:, :, ::-1]))  # MMSeg wants BGR
+            preds.append(result.pred_sem_seg.data[0].clone())
+        out["predict"] = preds
+    if job.get("inputs"):
+        model = build_model(cfg)
+        model.load_state_dict(torch.load(job["weights"]), strict=True)
+        model.eval()
+        outputs = []
+        with torch.no_grad():
+            for x in torch.load(job["inputs"]):
+                feats = model.backbone(x)
+                torch.manual_seed(job["seed"])
+                logits = model(x, mode="tensor")
+                outputs.append({"features": [f.clone() for f in feats], "logits": logits.clone()})
+        out["forward"] = outputs
+    if job.get("benchmark"):
+        model = build_model(cfg)
+        model.load_state_dict(torch.load(job["weights"]), strict=True)
+        model.eval()
+        x = torch.randn(job["benchmark"]["shape"])
+        times = []
+        with torch.no_grad():
+            for i in range(job["benchmark"]["warmup"] + job["benchmark"]["repeats"]):
+                torch.manual_seed(0)
+                start = time.perf_counter()
+                model(x, mode="tensor")
+                if i >= job["benchmark"]["warmup"]:
+                    times.append(time.perf_counter() - start)
+        out["times"] = times
+    if job.get("keys"):
+        model = build_model(cfg)
+        out["keys"] = {k: (tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items()}
+    torch.save(out, job["out"])
+
+
+if __name__ == "__main__":
+    main()
