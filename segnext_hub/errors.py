@@ -1,0 +1,37 @@
+"""Exceptions that carry a one-line, user-facing message and the CLI exit code."""
+
+from __future__ import annotations
+
+
+class SegnextHubError(Exception):
+    """Base class: ``str(err)`` is one line a user can act on."""
+
+    exit_code = 2
+
+
+class BadInputError(SegnextHubError, ValueError):
+    """The input (file, name, option) is wrong; nothing was written. Exit 2."""
+
+    exit_code = 2
+
+
+class UnsafePickleError(BadInputError):
+    """A pickle asked for a callable outside the allowlist; nothing was executed."""
+
+
+class VerificationError(SegnextHubError):
+    """Converted weights do not compute the same function as the source. Exit 1."""
+
+    exit_code = 1
+
+
+class DownloadError(SegnextHubError):
+    """The network failed in a way retries did not fix (or a 404). Exit 2."""
+
+    exit_code = 2
+
+
+class OfflineError(SegnextHubError):
+    """Offline mode is on and the artifact is not cached. Exit 2."""
+
+    exit_code = 2
