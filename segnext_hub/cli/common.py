@@ -1,0 +1,53 @@
+"""What every command shares: one-line errors, exit codes, --debug tracebacks."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+from typing import Any, Callable, TypeVar
+
+import click
+
+from ..errors import SegnextHubError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+debug_option = click.option("--debug", is_flag=True, help="Show a full traceback on errors.")
+
+
+def handle_errors(func: F) -> F:
+    """Turn library errors into one line on stderr and the documented exit code.
+
+    Exit codes: 0 success, 1 verification failed, 2 bad input, usage or network error.
+    Unexpected exceptions also exit 2 with one line; ``--debug`` shows the traceback.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = kwargs.pop("debug", False)
+        try:
+            return func(*args, **kwargs)
+        except SegnextHubError as err:
+            if debug:
+                traceback.print_exc()
+            click.echo(f"error: {err}", err=True)
+            sys.exit(err.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as err:  # noqa: BLE001 - the promise is: no traceback without --debug
+            if debug:
+                traceback.print_exc()
+            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            click.echo(f"error: {type(err).__name__}: {message} (rerun with --debug for details)", err=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def command_options(func: F) -> F:
+    """``--debug`` plus error handling, for every command."""
+    return debug_option(handle_errors(func))
