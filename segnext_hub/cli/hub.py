@@ -17,12 +17,15 @@ def main() -> None:
     """
 
 
-# Each command lives in its own module and registers itself on `main` here.
 def _register() -> None:
+    """Import every ``cmd_*.py`` beside this file; each adds its commands to ``main``."""
     import importlib
+    import pkgutil
+    from pathlib import Path
 
-    for module in ():
-        importlib.import_module(f"{__package__}.{module}")
+    for info in sorted(pkgutil.iter_modules([str(Path(__file__).parent)]), key=lambda i: i.name):
+        if info.name.startswith("cmd_"):
+            importlib.import_module(f"{__package__}.{info.name}")
 
 
 _register()
