@@ -1,0 +1,1 @@
+"""Declarative key maps (YAML), shipped inside the wheel as ``segnext_hub.key_maps``."""
