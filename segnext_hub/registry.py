@@ -1,0 +1,371 @@
+"""Published SegNeXt artifacts: the packaged ``data/registry.yaml``, validated and named.
+
+The facts (URLs, hashes, metrics, where each MD_R comes from) live in the YAML file so
+that correcting one is a data change reviewed on its own; this module only checks that
+the file is well formed and answers look-ups. The file is validated strictly on load: a
+typo in a field name would otherwise silently turn a pinned hash into "unknown".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import importlib.resources
+import os
+import re
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import yaml
+
+from .errors import BadInputError
+from .models.variants import VARIANTS
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+SCHEMA_VERSION = 1
+KINDS = ("segmentor", "backbone")
+LAYOUTS = ("mmseg", "official", "jittor")
+DATASETS = ("ade20k", "cityscapes", "isaid", "imagenet")
+TEST_MODES = ("whole", "slide")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
+_HASH_PREFIX_RE = re.compile(r"^[0-9a-f]{8}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Reported numbers, as published (percent mIoU); ``source`` says which table."""
+
+    miou: Optional[float]
+    miou_ms: Optional[float]
+    fps: Optional[float]
+    source: Optional[str]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One published file. Field meanings are documented at the top of registry.yaml."""
+
+    name: str
+    variant: str
+    kind: str
+    dataset: str
+    num_classes: Optional[int]
+    md_r: Optional[int]
+    md_r_settled: Optional[bool]
+    md_r_source: str
+    test_mode: Optional[str]
+    test_crop_size: Optional[tuple[int, int]]
+    test_stride: Optional[tuple[int, int]]
+    resize_scale: Optional[tuple[int, int]]
+    test_source: str
+    layout: str
+    url: str
+    url_verified: bool
+    filename: str
+    hash_prefix: Optional[str]
+    sha256: Optional[str]
+    size: Optional[int]
+    log_url: Optional[str]
+    metrics: Metrics
+    provenance: str
+    license: str
+
+    @property
+    def is_backbone(self) -> bool:
+        """Backbone artifacts load into a bare MSCAN (keys without a prefix)."""
+        return self.kind == "backbone"
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(Artifact))
+_METRIC_FIELDS = tuple(f.name for f in dataclasses.fields(Metrics))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+
+def _construct_unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            line = key_node.start_mark.line + 1
+            raise BadInputError(f"duplicate key {key!r} at line {line}")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def _packaged_text() -> tuple[str, str]:
+    resource = importlib.resources.files("segnext_hub").joinpath("data/registry.yaml")
+    return resource.read_text(encoding="utf-8"), "segnext_hub/data/registry.yaml"
+
+
+def _parse_yaml(text: str, origin: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except BadInputError as err:
+        raise BadInputError(f"registry {origin}: {err}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise BadInputError(f"registry {origin}: not valid YAML{where}: {problem}") from None
+
+
+def load_registry(path: Optional[PathLike] = None) -> Mapping[str, Artifact]:
+    """Name -> :class:`Artifact`, in file order; validated, read-only.
+
+    Without ``path`` the packaged registry is read once per process (cached). A ``path``
+    (for tests or a private registry) is read afresh every call.
+    """
+    if path is None:
+        return _load_packaged()
+    target = Path(path)
+    try:
+        text = target.read_text(encoding="utf-8")
+    except OSError as err:
+        raise BadInputError(f"cannot read registry {target}: {err.strerror or err}") from None
+    return _build(_parse_yaml(text, str(target)), str(target))
+
+
+@functools.lru_cache(maxsize=1)
+def _load_packaged() -> Mapping[str, Artifact]:
+    text, origin = _packaged_text()
+    return _build(_parse_yaml(text, origin), origin)
+
+
+def _build(document: Any, origin: str) -> Mapping[str, Artifact]:
+    if not isinstance(document, dict) or set(document) != {"schema_version", "artifacts"}:
+        raise BadInputError(
+            f"registry {origin}: expected a mapping with exactly 'schema_version' and 'artifacts'"
+        )
+    if document["schema_version"] != SCHEMA_VERSION:
+        raise BadInputError(
+            f"registry {origin}: schema_version {document['schema_version']!r} is not supported "
+            f"(this segnext-hub reads {SCHEMA_VERSION})"
+        )
+    entries = document["artifacts"]
+    if not isinstance(entries, list) or not entries:
+        raise BadInputError(f"registry {origin}: 'artifacts' must be a non-empty list")
+    artifacts: dict[str, Artifact] = {}
+    for index, raw in enumerate(entries, start=1):
+        label = _entry_label(raw, index)
+        try:
+            artifact = _artifact_from(raw)
+        except _EntryError as err:
+            raise BadInputError(f"registry {origin}: {label}: {err}") from None
+        if artifact.name in artifacts:
+            raise BadInputError(f"registry {origin}: {label}: duplicate name {artifact.name!r}")
+        artifacts[artifact.name] = artifact
+    return types.MappingProxyType(artifacts)
+
+
+def _entry_label(raw: Any, index: int) -> str:
+    name = raw.get("name") if isinstance(raw, dict) else None
+    return f"entry {index} ({name!r})" if isinstance(name, str) else f"entry {index}"
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class _EntryError(Exception):
+    """A problem inside one entry; the caller adds the file and entry name."""
+
+
+def _artifact_from(raw: Any) -> Artifact:
+    if not isinstance(raw, dict):
+        raise _EntryError(f"must be a mapping, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(_FIELDS), key=str)
+    if unknown:
+        raise _EntryError(f"unknown field(s) {', '.join(map(repr, unknown))}")
+    missing = [name for name in _FIELDS if name not in raw]
+    if missing:
+        raise _EntryError(f"missing field(s) {', '.join(map(repr, missing))}")
+    values = dict(raw)
+    values["metrics"] = _metrics_from(raw["metrics"])
+    for pair in ("test_crop_size", "test_stride", "resize_scale"):
+        values[pair] = _pair(raw[pair], pair)
+    _check_scalars(values)
+    _check_kind_rules(values)
+    _check_file_fields(values)
+    return Artifact(**values)
+
+
+def _metrics_from(raw: Any) -> Metrics:
+    if not isinstance(raw, dict):
+        raise _EntryError("'metrics' must be a mapping")
+    unknown = sorted(set(raw) - set(_METRIC_FIELDS), key=str)
+    missing = [name for name in _METRIC_FIELDS if name not in raw]
+    if unknown or missing:
+        raise _EntryError(
+            f"'metrics' needs exactly {', '.join(_METRIC_FIELDS)}"
+            + (f"; unknown {', '.join(map(repr, unknown))}" if unknown else "")
+            + (f"; missing {', '.join(map(repr, missing))}" if missing else "")
+        )
+    for key in ("miou", "miou_ms", "fps"):
+        value = raw[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise _EntryError(f"metrics.{key} must be a number or null, got {value!r}")
+    if raw["source"] is not None and not isinstance(raw["source"], str):
+        raise _EntryError("metrics.source must be text or null")
+    return Metrics(**{k: (float(v) if isinstance(v, int) else v) for k, v in raw.items()})
+
+
+def _pair(value: Any, field: str) -> Optional[tuple[int, int]]:
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(_is_positive_int(v) for v in value)):
+        raise _EntryError(f"{field!r} must be two positive integers or null, got {value!r}")
+    return (value[0], value[1])
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _require(values: dict, field: str, allowed: tuple[str, ...]) -> None:
+    if values[field] not in allowed:
+        raise _EntryError(f"{field} {values[field]!r} is not one of {', '.join(allowed)}")
+
+
+def _require_text(values: dict, field: str, nullable: bool = False) -> None:
+    value = values[field]
+    if value is None and nullable:
+        return
+    if not isinstance(value, str) or not value.strip():
+        raise _EntryError(f"{field!r} must be non-empty text" + (" or null" if nullable else ""))
+
+
+def _check_scalars(values: dict) -> None:
+    for field in ("name", "md_r_source", "test_source", "url", "filename", "provenance", "license"):
+        _require_text(values, field)
+    _require_text(values, "log_url", nullable=True)
+    if not _NAME_RE.match(values["name"]):
+        raise _EntryError("name must be lower-case letters, digits, '-' or '.'")
+    if values["variant"] not in VARIANTS:
+        raise _EntryError(f"variant {values['variant']!r} is not one of {', '.join(VARIANTS)}")
+    _require(values, "kind", KINDS)
+    _require(values, "dataset", DATASETS)
+    _require(values, "layout", LAYOUTS)
+    if not isinstance(values["url_verified"], bool):
+        raise _EntryError("url_verified must be true or false")
+    for field in ("url", "log_url"):
+        url = values[field]
+        if url is not None and not url.startswith(("https://", "http://")):
+            raise _EntryError(f"{field} must be an http(s) URL, got {url!r}")
+
+
+def _check_kind_rules(values: dict) -> None:
+    """Segmentors need everything inference needs; backbones must leave it empty."""
+    head_fields = ("num_classes", "md_r", "md_r_settled", "test_mode", "resize_scale")
+    if values["kind"] == "backbone":
+        set_fields = [f for f in head_fields + ("test_crop_size", "test_stride") if values[f] is not None]
+        if set_fields:
+            raise _EntryError(f"a backbone has no head: {', '.join(set_fields)} must be null")
+        return
+    for field in ("num_classes", "md_r"):
+        if not _is_positive_int(values[field]):
+            raise _EntryError(f"{field} must be a positive integer for a segmentor")
+    if not isinstance(values["md_r_settled"], bool):
+        raise _EntryError("md_r_settled must be true or false for a segmentor")
+    _require(values, "test_mode", TEST_MODES)
+    if values["resize_scale"] is None:
+        raise _EntryError("resize_scale is required for a segmentor")
+    sliding = values["test_mode"] == "slide"
+    for field in ("test_crop_size", "test_stride"):
+        if sliding and values[field] is None:
+            raise _EntryError(f"test_mode 'slide' needs {field}")
+        if not sliding and values[field] is not None:
+            raise _EntryError(f"{field} is only meaningful with test_mode 'slide'")
+
+
+def _check_file_fields(values: dict) -> None:
+    filename = values["filename"]
+    if "/" in filename or "\\" in filename or filename.startswith(".") or filename != filename.strip():
+        raise _EntryError(f"filename {filename!r} must be a plain file name")
+    prefix = values["hash_prefix"]
+    if prefix is not None:
+        if not isinstance(prefix, str) or not _HASH_PREFIX_RE.match(prefix):
+            raise _EntryError(
+                f"hash_prefix must be 8 lower-case hex digits (quote it in YAML), got {prefix!r}"
+            )
+        if Path(filename).stem.rsplit("-", 1)[-1] != prefix:
+            raise _EntryError(f"hash_prefix {prefix!r} does not match the suffix of filename {filename!r}")
+    sha = values["sha256"]
+    if sha is not None and (not isinstance(sha, str) or not _SHA256_RE.match(sha)):
+        raise _EntryError("sha256 must be 64 lower-case hex digits or null")
+    if sha is not None and prefix is not None and not sha.startswith(prefix):
+        raise _EntryError(f"sha256 does not start with hash_prefix {prefix!r}; keep one or fix both")
+    if values["size"] is not None and not _is_positive_int(values["size"]):
+        raise _EntryError("size must be a positive integer (bytes) or null")
+
+
+# --------------------------------------------------------------------------- look-ups
+
+
+def list_artifacts() -> list[Artifact]:
+    """Every packaged artifact, in registry order."""
+    return list(load_registry().values())
+
+
+def _normalise_name(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+def get_artifact(name: str) -> Artifact:
+    """Resolve a registry name (case and ``_``/``-`` insensitive).
+
+    Unknown names raise :class:`BadInputError` with up to three close matches, since
+    most misses are a missing suffix (``mscan-t-ade20k`` for ``...-official``).
+    """
+    if not isinstance(name, str):
+        raise BadInputError(f"artifact name must be a string, got {type(name).__name__}")
+    registry = load_registry()
+    key = _normalise_name(name)
+    if key in registry:
+        return registry[key]
+    suggestions = difflib.get_close_matches(key, list(registry), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(suggestions)}?" if suggestions else "no close match"
+    raise BadInputError(
+        f"unknown artifact {name.strip()!r}: {hint} (`segnext-hub list` shows all {len(registry)} names)"
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _meta_model_facts(
+    variant: str, num_classes: Optional[int], backbone_only: bool
+) -> tuple[int, Mapping[str, tuple[int, ...]]]:
+    """(parameter count, key -> shape) of a model built on the meta device: no memory."""
+    import torch
+
+    from .models import create_model
+
+    with torch.device("meta"):
+        model = create_model(variant, num_classes=num_classes or 1, backbone_only=backbone_only)
+    shapes = {key: tuple(t.shape) for key, t in model.state_dict().items()}
+    return sum(p.numel() for p in model.parameters()), types.MappingProxyType(shapes)
+
+
+def expected_param_count(artifact: Artifact) -> int:
+    """Parameters of the model the artifact loads into (segmentor or bare backbone).
+
+    Built on the meta device, so nothing is allocated and L takes ~0.1 s; cached.
+    """
+    return _meta_model_facts(artifact.variant, artifact.num_classes, artifact.is_backbone)[0]
+
+
+def expected_shapes(artifact: Artifact) -> dict[str, tuple[int, ...]]:
+    """MMSeg-named state-dict keys -> shapes the converted weights must have."""
+    return dict(_meta_model_facts(artifact.variant, artifact.num_classes, artifact.is_backbone)[1])
