@@ -197,9 +197,13 @@ def write_output(conv: Conversion, dst: Union[str, Path], *, force: bool = False
 
 def _dataset_meta(dataset: Optional[str], num_classes: int) -> dict[str, list]:
     """Classes and palette for MMSeg's ``init_model`` (it reads them unguarded)."""
-    from .palettes import dataset_info
+    from .palettes import get_dataset, guess_dataset, palette_for
 
-    return dataset_info(dataset, num_classes)
+    info = get_dataset(dataset) if dataset else guess_dataset(num_classes)
+    if info is not None and info.num_classes == num_classes:
+        return {"classes": list(info.classes), "palette": [list(c) for c in info.palette]}
+    return {"classes": [f"class_{i}" for i in range(num_classes)],
+            "palette": palette_for(num_classes).tolist()}
 
 
 def check_destination(dst: Union[str, Path], force: bool) -> Path:

@@ -47,7 +47,7 @@ def main(src: str, dst: str, from_layout: str, to: str, variant: str, num_classe
       segnext-convert mscan_b.pth mscan-b.safetensors --from official --md-r 64
       segnext-convert model.safetensors official.pth --to official
     """
-    from ..convert import convert
+    from ..converter import convert
 
     report = convert(src, dst, from_layout=from_layout, to=to, variant=variant, num_classes=num_classes,
                      md_r=md_r, verify=not no_verify, atol=atol, force=force)
@@ -55,3 +55,7 @@ def main(src: str, dst: str, from_layout: str, to: str, variant: str, num_classe
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
         click.echo(report.format_text())
+
+
+if __name__ == "__main__":
+    main()
