@@ -118,12 +118,15 @@ def detect(
     """Detect everything not given; ``state`` has containers and DDP prefixes removed."""
     keys = list(state)
     sources: dict[str, str] = {}
-    if layout in (None, "auto"):
-        layout, how = detect_layout(keys, file_format)
-        sources["layout"] = f"detected: {how}"
-    elif layout not in LAYOUTS:
+    if layout not in (None, "auto") and layout not in LAYOUTS:
         raise BadInputError(f"unknown source layout {layout!r}; expected auto, {', '.join(LAYOUTS)}")
+    found, how = detect_layout(keys, file_format)  # also rejects non-SegNeXt files
+    if layout in (None, "auto"):
+        layout = found
+        sources["layout"] = f"detected: {how}"
     else:
+        if (found == "mmseg") != (layout == "mmseg"):
+            raise BadInputError(f"the checkpoint has {found} names ({how}), not {layout} names")
         sources["layout"] = "given"
 
     kind = "segmentor" if any(k.startswith("decode_head.") for k in keys) else "backbone"

@@ -1,0 +1,197 @@
+"""Cache commands: list, pull, path, info, verify, rm, log."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import click
+
+from .common import command_options
+from .hub import main
+
+
+def _mib(size: Optional[int]) -> str:
+    return f"{size / 2**20:.0f} MiB" if size else "-"
+
+
+@main.command("list")
+@click.option("--cached", is_flag=True, help="Only artifacts already in the cache.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@command_options
+def list_command(cached: bool, as_json: bool) -> None:
+    """Every published SegNeXt artifact: name, dataset, mIoU, parameters, cached or not."""
+    from ..hub import cached_manifest
+    from ..registry import expected_param_count, list_artifacts
+
+    rows = []
+    for art in list_artifacts():
+        is_cached = cached_manifest(art.name) is not None
+        if cached and not is_cached:
+            continue
+        rows.append({"name": art.name, "kind": art.kind, "dataset": art.dataset, "miou": art.metrics.miou,
+                     "miou_ms": art.metrics.miou_ms, "params": expected_param_count(art), "cached": is_cached,
+                     "source": art.layout})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'name':<30} {'dataset':<11} {'mIoU':>6} {'ms':>6} {'params':>7} {'source':<9} cached")
+    for row in rows:
+        miou = f"{row['miou']:.2f}" if row["miou"] is not None else "-"
+        ms = f"{row['miou_ms']:.2f}" if row["miou_ms"] is not None else "-"
+        click.echo(f"{row['name']:<30} {row['dataset']:<11} {miou:>6} {ms:>6} {row['params'] / 1e6:>6.1f}M "
+                   f"{row['source']:<9} {'yes' if row['cached'] else ''}")
+
+
+@main.command()
+@click.argument("names", nargs=-1, required=True)
+@click.option("--strict", is_flag=True, help="A file-name hash prefix mismatch is fatal (default: warning).")
+@click.option("--force", is_flag=True, help="Download and convert again even if cached.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@command_options
+def pull(names: tuple[str, ...], strict: bool, force: bool, quiet: bool) -> None:
+    """Download, verify and convert NAMES into the cache; print each folder.
+
+    A cached name returns at once without touching the network. Interrupted downloads
+    resume on the next pull. Set SEGNEXT_HUB_MIRROR to fetch through a mirror.
+    """
+    from ..hub import pull as pull_artifact
+
+    for name in names:
+        result = pull_artifact(name, strict=strict, force=force, progress=False if quiet else None)
+        click.echo(str(result.path))
+
+
+@main.command()
+@click.argument("name")
+@command_options
+def path(name: str) -> None:
+    """Print the cache folder of NAME (exit 2 if it is not cached)."""
+    from ..errors import BadInputError
+    from ..hub import cached_manifest
+    from ..cache import artifact_dir
+    from ..registry import get_artifact
+
+    art = get_artifact(name)
+    if cached_manifest(art.name) is None:
+        raise BadInputError(f"{art.name} is not cached; run: segnext-hub pull {art.name}")
+    click.echo(str(artifact_dir(art.name)))
+
+
+@main.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@command_options
+def info(name: str, as_json: bool) -> None:
+    """Registry entry, cache state, hash status and training-log summary of NAME."""
+    import dataclasses
+
+    from ..cache import artifact_dir
+    from ..hub import cached_manifest
+    from ..registry import get_artifact
+
+    art = get_artifact(name)
+    manifest = cached_manifest(art.name)
+    data = {"artifact": dataclasses.asdict(art), "cached": manifest is not None}
+    if manifest:
+        data.update(path=str(artifact_dir(art.name)), raw_sha256=manifest.get("raw_sha256"),
+                    hash_status=manifest.get("hash_status"), warnings=manifest.get("warnings"),
+                    verification=manifest.get("conversion", {}).get("verification"))
+        log_file = manifest.get("log_file")
+        if log_file:
+            from ..logs import parse_log
+
+            try:
+                data["log"] = parse_log(artifact_dir(art.name) / log_file).as_dict()
+            except Exception as err:  # noqa: BLE001 - a bad log must not hide the rest
+                data["log_error"] = str(err)
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    for key, value in data["artifact"].items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
+        click.echo(f"{key:<15} {value}")
+    click.echo(f"{'cached':<15} {'yes: ' + data['path'] if manifest else 'no'}")
+    if manifest:
+        click.echo(f"{'sha256':<15} {data['raw_sha256']}")
+        click.echo(f"{'hash status':<15} {data['hash_status']}")
+        ver = data.get("verification") or {}
+        click.echo(f"{'verified':<15} {ver.get('verified')} (max abs diff {ver.get('max_abs_diff')})")
+        if "log" in data:
+            log = data["log"]
+            click.echo(f"{'log':<15} best mIoU {log.get('best_miou')} @ {log.get('best_miou_iter')}, "
+                       f"final {log.get('final_miou')}, seed {log.get('seed')}, MD_R {log.get('md_r')}")
+
+
+@main.command()
+@click.argument("names", nargs=-1)
+@command_options
+def verify(names: tuple[str, ...]) -> None:
+    """Re-hash cached files against the sha256 recorded at pull time (all if no NAMES).
+
+    Exit 1 when a file is missing or changed.
+    """
+    import sys
+
+    from ..hub import cached_names, verify_cached
+    from ..registry import get_artifact
+
+    targets = [get_artifact(n).name for n in names] or cached_names()
+    problems = []
+    for name in targets:
+        found = verify_cached(name)
+        problems.extend(found)
+        click.echo(f"{name}: {'OK' if not found else 'FAILED'}")
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+    if problems:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("names", nargs=-1, required=True)
+@command_options
+def rm(names: tuple[str, ...]) -> None:
+    """Remove NAMES from the cache."""
+    from ..cache import remove_artifact
+    from ..registry import get_artifact
+
+    for name in names:
+        art = get_artifact(name)
+        click.echo(f"{art.name}: {'removed' if remove_artifact(art.name) else 'was not cached'}")
+
+
+@main.command()
+@click.argument("name_or_file")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write loss/mIoU curves to a PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@command_options
+def log(name_or_file: str, plot_path: Optional[str], as_json: bool) -> None:
+    """Summarise a training log: best/final mIoU, aAcc, mAcc, iterations, seed, MD_R.
+
+    NAME_OR_FILE is a cached artifact name (pulled if needed) or a .log.json file.
+    """
+    from pathlib import Path
+
+    from ..errors import BadInputError
+    from ..logs import format_summary, parse_log, plot_log
+
+    path = Path(name_or_file)
+    if not path.exists():
+        from ..hub import pull as pull_artifact
+
+        result = pull_artifact(name_or_file)
+        log_file = result.manifest.get("log_file")
+        if not log_file:
+            raise BadInputError(f"{result.name} has no published training log")
+        path = result.path / log_file
+    summary = parse_log(path)
+    if plot_path:
+        plot_log(summary, plot_path)
+    if as_json:
+        click.echo(json.dumps(summary.as_dict(), indent=2, default=str))
+    else:
+        click.echo(format_summary(summary))
+        if plot_path:
+            click.echo(f"plot: {plot_path}")

@@ -1,0 +1,206 @@
+"""Pull published artifacts into the cache: download, check hashes, convert, record.
+
+A cache folder holds, per artifact name::
+
+    <cache>/<name>/raw/<filename>       the published file, byte for byte
+    <cache>/<name>/model.safetensors    MMSeg-named weights, verified against the raw file
+    <cache>/<name>/config.json          what ``load`` needs to build the model
+    <cache>/<name>/<log file>           the training log, where one is published
+    <cache>/<name>/manifest.json        hashes, hash status, conversion report
+
+The manifest is written last, so a folder without one is an unfinished pull and is
+never trusted; a second pull of a complete folder touches no network.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from . import __version__
+from .cache import artifact_dir, artifact_lock, is_offline, offline_variable, read_manifest, write_manifest
+from .checkpoint import read_checkpoint
+from .converter import convert_checkpoint, write_output
+from .download import download
+from .errors import BadInputError, DownloadError, OfflineError, SegnextHubError
+from .fileio import atomic_write_bytes, sha256_file
+from .registry import Artifact, get_artifact
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class PullResult:
+    name: str
+    path: Path
+    downloaded: bool
+    manifest: dict[str, Any]
+    warnings: list[str]
+
+
+def cached_manifest(name: str) -> Optional[dict[str, Any]]:
+    """The manifest of a complete pull, or None (absent, unfinished, or files missing)."""
+    manifest = read_manifest(name)
+    if not manifest or manifest.get("complete") is not True:
+        return None
+    folder = artifact_dir(name)
+    if not (folder / MODEL_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
+        return None
+    return manifest
+
+
+def model_config(art: Artifact, detection: dict[str, Any]) -> dict[str, Any]:
+    """Everything ``load``/``predict`` need, independent of the registry version."""
+    return {
+        "architecture": "segnext",
+        "name": art.name,
+        "variant": detection["variant"],
+        "kind": detection["kind"],
+        "num_classes": detection["num_classes"],
+        "md_r": detection["md_r"],
+        "md_r_source": detection["sources"].get("md_r"),
+        "dataset": art.dataset,
+        "test_mode": art.test_mode,
+        "resize_scale": list(art.resize_scale) if art.resize_scale else None,
+        "test_crop_size": list(art.test_crop_size) if art.test_crop_size else None,
+        "test_stride": list(art.test_stride) if art.test_stride else None,
+        "source_layout": art.layout,
+        "source_url": art.url,
+        "license": art.license,
+        "segnext_hub_version": __version__,
+    }
+
+
+def _check_hash(art: Artifact, measured: str, strict: bool) -> tuple[str, Optional[str]]:
+    """Hash policy: a pinned sha256 is enforced by the download itself; a file-name
+    prefix that does not match only warns (MMSeg's publishing tool hashed the file before
+    stripping the optimizer), unless ``strict``."""
+    if art.sha256:
+        return "sha256 pinned, matched", None
+    if not art.hash_prefix:
+        return "no published hash; measured sha256 recorded", None
+    if measured.startswith(art.hash_prefix):
+        return "file-name prefix matched", None
+    message = (f"{art.name}: sha256 {measured[:12]} does not start with the file name's "
+               f"{art.hash_prefix}; MMSeg's publishing tool may have hashed it before stripping the optimizer")
+    if strict:
+        raise DownloadError(message + "; refusing with --strict")
+    return "file-name prefix MISMATCH (warning)", message
+
+
+def pull(name: str, *, strict: bool = False, progress: Optional[bool] = None, force: bool = False) -> PullResult:
+    """Make ``name`` available in the cache and return its folder.
+
+    Raises OfflineError when offline and not cached, DownloadError on network failure or
+    a hash mismatch that policy makes fatal, BadInputError when the file is not the
+    checkpoint the registry describes (it is then deleted).
+    """
+    art = get_artifact(name)
+    if not force and (manifest := cached_manifest(art.name)) is not None:
+        return PullResult(art.name, artifact_dir(art.name), False, manifest, [])
+    if is_offline():
+        raise OfflineError(f"{art.name} is not cached and {offline_variable()} is set; "
+                           "pull it once while online")
+    with artifact_lock(art.name) as folder:
+        if not force and (manifest := cached_manifest(art.name)) is not None:
+            return PullResult(art.name, folder, False, manifest, [])  # another process finished it
+        return _pull_locked(art, folder, strict=strict, progress=progress)
+
+
+def _pull_locked(art: Artifact, folder: Path, *, strict: bool, progress: Optional[bool]) -> PullResult:
+    started = time.time()
+    manifest_file = folder / "manifest.json"
+    if manifest_file.exists():
+        manifest_file.unlink()  # a re-pull invalidates the old state until it completes
+    raw = folder / "raw" / art.filename
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    result = download(art.url, raw, expected_sha256=art.sha256, progress=progress, desc=art.name)
+    warnings: list[str] = []
+    try:
+        hash_status, warning = _check_hash(art, result.sha256, strict)
+        checkpoint = read_checkpoint(raw)
+        conversion = convert_checkpoint(
+            checkpoint, from_layout=art.layout, variant=art.variant, num_classes=art.num_classes,
+            md_r=art.md_r, md_r_source=f"registry: {art.md_r_source}" if art.md_r is not None else None)
+        if conversion.detection.kind != art.kind:
+            raise BadInputError(f"{art.name}: expected a {art.kind} checkpoint, the file holds a "
+                                f"{conversion.detection.kind}")
+    except SegnextHubError as err:
+        raw.unlink(missing_ok=True)
+        raise type(err)(f"{art.name}: downloaded file rejected and deleted: {err}") from None
+    if warning:
+        warnings.append(warning)
+        print(f"warning: {warning}", file=sys.stderr)
+    model_sha = write_output(conversion, folder / MODEL_FILE, force=True)
+    detection = conversion.detection.to_dict()
+    atomic_write_bytes(folder / CONFIG_FILE, json.dumps(model_config(art, detection), indent=2).encode(),
+                       force=True)
+    log_file, log_error = _fetch_log(art, folder, progress)
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "complete": True,
+        "name": art.name,
+        "url": art.url,
+        "raw_file": f"raw/{art.filename}",
+        "raw_sha256": result.sha256,
+        "raw_size": result.size,
+        "hash_prefix": art.hash_prefix,
+        "pinned_sha256": art.sha256,
+        "hash_status": hash_status,
+        "warnings": warnings,
+        "model_file": MODEL_FILE,
+        "model_sha256": model_sha,
+        "log_file": log_file,
+        "log_error": log_error,
+        "conversion": conversion.report.to_dict(),
+        "pulled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "segnext_hub_version": __version__,
+    }
+    write_manifest(art.name, manifest)
+    return PullResult(art.name, folder, True, manifest, warnings)
+
+
+def _fetch_log(art: Artifact, folder: Path, progress: Optional[bool]) -> tuple[Optional[str], Optional[str]]:
+    """The training log is a convenience: failing to get it never fails the pull."""
+    if not art.log_url:
+        return None, None
+    name = art.log_url.rstrip("/").rsplit("/", 1)[-1] or "train.log.json"
+    try:
+        download(art.log_url, folder / name, progress=progress, desc=f"{art.name} log")
+    except SegnextHubError as err:
+        return None, str(err)
+    return name, None
+
+
+def verify_cached(name: str) -> list[str]:
+    """Re-hash a cached artifact's files against its manifest; returns the problems."""
+    manifest = read_manifest(name)
+    if not manifest or not manifest.get("complete"):
+        return [f"{name}: not cached (or the pull did not finish)"]
+    folder = artifact_dir(name)
+    problems = []
+    for rel, key in ((manifest.get("raw_file"), "raw_sha256"), (manifest.get("model_file"), "model_sha256")):
+        if not rel:
+            continue
+        path = folder / rel
+        if not path.is_file():
+            problems.append(f"{name}: {rel} is missing")
+        elif sha256_file(path) != manifest.get(key):
+            problems.append(f"{name}: {rel} does not match its recorded sha256 (corrupted or modified)")
+    return problems
+
+
+def cached_names() -> list[str]:
+    from .cache import cache_root
+
+    root = cache_root()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and cached_manifest(p.name))
+
