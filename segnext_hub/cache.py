@@ -1,0 +1,188 @@
+"""Where downloaded and converted artifacts live on disk, and what we know about them.
+
+Layout: ``cache_root()/<artifact name>/`` holds one artifact's files (the downloaded
+checkpoint, its log, the converted ``model.safetensors`` + ``config.json``) and a
+``manifest.json`` describing them. A folder without a manifest is an unfinished pull.
+
+Every environment variable is read at call time, so tests and long-lived processes can
+change them without re-importing the module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import uuid
+import warnings
+from pathlib import Path
+from typing import Iterator, Optional
+
+from .errors import BadInputError
+from .fileio import atomic_writer
+
+try:  # POSIX only; without it locks are no-ops (see file_lock)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+MANIFEST = "manifest.json"
+_TRUTHY = {"1", "true", "yes", "on"}
+# Registry names are short slugs; anything else could escape the cache or clash with
+# the hidden ".trash-*" folders that remove_artifact uses.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}")
+
+
+def _env_path(var: str) -> Optional[Path]:
+    """An empty variable counts as unset, as it does for huggingface_hub."""
+    value = os.environ.get(var, "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def hf_assets_cache() -> Path:
+    """The Hugging Face assets cache, resolved the way huggingface_hub resolves it.
+
+    ``$HF_ASSETS_CACHE``, else ``$HF_HOME/assets``, else
+    ``${XDG_CACHE_HOME:-~/.cache}/huggingface/assets``. Re-implemented rather than read from
+    ``huggingface_hub.constants`` because that module freezes the environment at import.
+    """
+    assets = _env_path("HF_ASSETS_CACHE")
+    if assets is not None:
+        return assets
+    home = _env_path("HF_HOME")
+    if home is None:
+        xdg = _env_path("XDG_CACHE_HOME") or Path("~/.cache").expanduser()
+        home = xdg / "huggingface"
+    return home / "assets"
+
+
+def cache_root() -> Path:
+    """``$SEGNEXT_HUB_CACHE``, else ``<HF assets cache>/segnext_hub``, so that people who
+    already moved their Hugging Face cache to a big disk get ours moved with it."""
+    return _env_path("SEGNEXT_HUB_CACHE") or hf_assets_cache() / "segnext_hub"
+
+
+def validate_name(name: str) -> str:
+    """Reject names that could point outside the cache (``..``, separators, NUL)."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
+        raise BadInputError(
+            f"invalid artifact name {name!r}: use letters, digits and . _ + = @ - "
+            "(no path separators, no '..')"
+        )
+    return name
+
+
+def artifact_dir(name: str) -> Path:
+    """The folder for one artifact; not created here, so that lookups never write."""
+    return cache_root() / validate_name(name)
+
+
+def is_offline() -> bool:
+    """True when ``SEGNEXT_HUB_OFFLINE`` or ``HF_HUB_OFFLINE`` is truthy.
+
+    ``HF_HUB_OFFLINE`` is honoured too because people who set it mean "no network at all".
+    """
+    return any(
+        os.environ.get(var, "").strip().lower() in _TRUTHY
+        for var in ("SEGNEXT_HUB_OFFLINE", "HF_HUB_OFFLINE")
+    )
+
+
+def offline_variable() -> Optional[str]:
+    """Which variable switched offline mode on, for error messages that say how to undo it."""
+    for var in ("SEGNEXT_HUB_OFFLINE", "HF_HUB_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in _TRUTHY:
+            return var
+    return None
+
+
+def manifest_path(name: str) -> Path:
+    return artifact_dir(name) / MANIFEST
+
+
+def read_manifest(name: str) -> Optional[dict]:
+    """The artifact's manifest, or None when it is not (completely) cached.
+
+    Manifests are only ever replaced atomically, so an unreadable one was edited by hand;
+    treating it as absent makes the next pull repair it instead of failing forever.
+    """
+    path = manifest_path(name)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        warnings.warn(f"ignoring unreadable cache manifest {path}: {err}", stacklevel=2)
+        return None
+    if not isinstance(data, dict):
+        warnings.warn(f"ignoring cache manifest {path}: not a JSON object", stacklevel=2)
+        return None
+    return data
+
+
+def write_manifest(name: str, data: dict) -> None:
+    """Replace the manifest atomically: readers see the old one or the new one, never half.
+
+    The manifest is written last in a pull, so its presence means "everything listed is
+    complete"; a crash before this point leaves the artifact looking uncached.
+    """
+    if not isinstance(data, dict):
+        raise TypeError("manifest data must be a dict")
+    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    folder = artifact_dir(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_writer(folder / MANIFEST, force=True) as handle:
+        handle.write(text.encode("utf-8"))
+
+
+def remove_artifact(name: str) -> bool:
+    """Delete an artifact's folder; False when there was nothing to delete.
+
+    Waits for a pull holding :func:`artifact_lock`, then renames the folder to a hidden
+    sibling so that a concurrent reader sees either the whole artifact or none of it, never
+    a manifest whose files are half deleted.
+    """
+    folder = artifact_dir(name)
+    if not folder.is_dir():
+        return False
+    trash = folder.with_name(f".trash-{name}-{uuid.uuid4().hex[:8]}")
+    try:
+        with file_lock(folder / ".lock"):  # let a pull in progress finish first
+            os.replace(folder, trash)
+    except FileNotFoundError:  # another process removed it first
+        return False
+    shutil.rmtree(trash, ignore_errors=True)
+    return True
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if needed) for the block.
+
+    flock locks belong to the open file, so the kernel releases them when a holder dies,
+    even by SIGKILL: a crashed pull never blocks the next one. The lock file itself stays;
+    deleting it would let two processes lock two different inodes.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
+
+
+@contextlib.contextmanager
+def artifact_lock(name: str) -> Iterator[Path]:
+    """Serialise whole pulls of one artifact (download + convert + manifest) across
+    processes; yields the artifact folder, created."""
+    folder = artifact_dir(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    with file_lock(folder / ".lock"):
+        yield folder
+

@@ -1,0 +1,293 @@
+"""Cache location, artifact folders, manifests, offline switch, locks."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from segnext_hub import cache
+from segnext_hub.errors import BadInputError
+
+CACHE_VARS = ("SEGNEXT_HUB_CACHE", "HF_ASSETS_CACHE", "HF_HOME", "XDG_CACHE_HOME",
+              "SEGNEXT_HUB_OFFLINE", "HF_HUB_OFFLINE")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    for var in CACHE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture
+def root(monkeypatch, tmp_path) -> Path:
+    monkeypatch.setenv("SEGNEXT_HUB_CACHE", str(tmp_path / "c"))
+    return tmp_path / "c"
+
+
+# -- where the cache is ---------------------------------------------------------------------
+
+
+def test_default_is_under_the_hf_assets_cache_in_home(tmp_path):
+    assert cache.cache_root() == tmp_path / "home/.cache/huggingface/assets/segnext_hub"
+
+
+def test_segnext_hub_cache_wins_and_is_read_at_call_time(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_ASSETS_CACHE", str(tmp_path / "assets"))
+    monkeypatch.setenv("SEGNEXT_HUB_CACHE", str(tmp_path / "mine"))
+    assert cache.cache_root() == tmp_path / "mine"
+    monkeypatch.setenv("SEGNEXT_HUB_CACHE", "~/x")
+    assert cache.cache_root() == tmp_path / "home/x"
+
+
+def test_hf_assets_cache_beats_hf_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert cache.cache_root() == tmp_path / "hf/assets/segnext_hub"
+    monkeypatch.setenv("HF_ASSETS_CACHE", str(tmp_path / "assets"))
+    assert cache.cache_root() == tmp_path / "assets/segnext_hub"
+
+
+def test_xdg_cache_home_and_empty_variables(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HF_HOME", "")
+    monkeypatch.setenv("SEGNEXT_HUB_CACHE", "")
+    assert cache.cache_root() == tmp_path / "xdg/huggingface/assets/segnext_hub"
+
+
+def test_agrees_with_huggingface_hub(tmp_path):
+    """Same assets folder as huggingface_hub itself, for each way of configuring it."""
+    script = (
+        "import importlib, json, os, sys\n"
+        "import huggingface_hub.constants as c\n"
+        "out = []\n"
+        "for env in json.loads(sys.argv[1]):\n"
+        "    for k in ('HF_HOME', 'HF_ASSETS_CACHE', 'XDG_CACHE_HOME'): os.environ.pop(k, None)\n"
+        "    os.environ.update(env)\n"
+        "    importlib.reload(c)\n"
+        "    out.append(os.path.abspath(c.HF_ASSETS_CACHE))\n"
+        "print(json.dumps(out))\n"
+    )
+    envs = [
+        {},
+        {"HF_HOME": str(tmp_path / "hf")},
+        {"XDG_CACHE_HOME": str(tmp_path / "xdg")},
+        {"HF_HOME": str(tmp_path / "hf"), "HF_ASSETS_CACHE": str(tmp_path / "assets")},
+    ]
+    env = {k: v for k, v in os.environ.items() if k not in CACHE_VARS}
+    out = subprocess.run([sys.executable, "-c", script, json.dumps(envs)], env=env,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    theirs = json.loads(out)
+    ours = []
+    for extra in envs:
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in extra.items():
+                mp.setenv(key, value)
+            ours.append(str(cache.hf_assets_cache()))
+    assert ours == theirs
+
+
+# -- artifact folders -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mscan-t", "mscan-l-cityscapes-official", "mscan-b-isaid-jittor",
+                                  "segnext_mscan-t_1x16.v2", "a"])
+def test_artifact_dir_is_one_level_below_the_root(root, name):
+    assert cache.artifact_dir(name) == root / name
+    assert not (root / name).exists()  # looking up never creates
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../x", "x/../y", "a/b", "a\\b", "/abs", "a..b",
+                                  ".hidden", "-rf", "a b", "a\x00b", "x" * 201, None])
+def test_bad_artifact_names_are_rejected(root, name):
+    with pytest.raises(BadInputError, match="invalid artifact name"):
+        cache.artifact_dir(name)
+    with pytest.raises(BadInputError):
+        cache.write_manifest(name, {"a": 1})
+    assert not root.exists()
+
+
+# -- offline --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("var", ["SEGNEXT_HUB_OFFLINE", "HF_HUB_OFFLINE"])
+@pytest.mark.parametrize("value", ["1", "true", "TRUE", "yes", "on", " On "])
+def test_offline_truthy(monkeypatch, var, value):
+    assert cache.is_offline() is False
+    monkeypatch.setenv(var, value)
+    assert cache.is_offline() is True
+    assert cache.offline_variable() == var
+
+
+@pytest.mark.parametrize("value", ["0", "", "false", "no", "off", "2"])
+def test_offline_falsy(monkeypatch, value):
+    monkeypatch.setenv("SEGNEXT_HUB_OFFLINE", value)
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    assert cache.is_offline() is False and cache.offline_variable() is None
+
+
+# -- manifests ------------------------------------------------------------------------------
+
+
+def test_manifest_round_trip(root):
+    assert cache.read_manifest("mscan-t") is None
+    data = {"name": "mscan-t", "sha256": "ab" * 32, "size": 17, "files": ["model.safetensors"],
+            "hash_status": {"suffix": "05bd8466", "match": False}, "note": "ünïcode"}
+    cache.write_manifest("mscan-t", data)
+    assert cache.read_manifest("mscan-t") == data
+    assert json.loads((root / "mscan-t/manifest.json").read_text("utf-8")) == data
+    cache.write_manifest("mscan-t", {"v": 2})
+    assert cache.read_manifest("mscan-t") == {"v": 2}
+    assert sorted(p.name for p in (root / "mscan-t").iterdir()) == ["manifest.json"]
+
+
+def test_manifest_rejects_what_json_cannot_say(root):
+    cache.write_manifest("a", {"ok": True})
+    with pytest.raises(ValueError):
+        cache.write_manifest("a", {"x": float("nan")})
+    with pytest.raises(TypeError):
+        cache.write_manifest("a", ["not", "a", "dict"])
+    assert cache.read_manifest("a") == {"ok": True}
+
+
+def test_failed_manifest_write_keeps_the_old_one(root, monkeypatch):
+    cache.write_manifest("a", {"v": 1})
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", broken_replace)
+        with pytest.raises(OSError, match="disk full"):
+            cache.write_manifest("a", {"v": 2})
+    assert cache.read_manifest("a") == {"v": 1}
+    assert sorted(p.name for p in (root / "a").iterdir()) == ["manifest.json"]
+
+
+def test_readers_never_see_a_half_written_manifest(root):
+    big = {"keys": [f"backbone.block{i}.weight" for i in range(20000)]}  # ~600 KB
+    cache.write_manifest("a", {"v": -1, **big})
+    stop = threading.Event()
+    seen, errors = [], []
+
+    def writer():
+        for v in range(40):
+            cache.write_manifest("a", {"v": v, **big})
+        stop.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an unreadable manifest would warn
+        while not stop.is_set():
+            got = cache.read_manifest("a")
+            if got is None or got["keys"] != big["keys"]:
+                errors.append(got)
+            else:
+                seen.append(got["v"])
+    thread.join()
+    assert errors == [] and len(seen) > 1
+
+
+def test_hand_edited_manifest_counts_as_not_cached(root):
+    (root / "a").mkdir(parents=True)
+    (root / "a/manifest.json").write_text("{ not json")
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert cache.read_manifest("a") is None
+    (root / "a/manifest.json").write_text("[1, 2]")
+    with pytest.warns(UserWarning, match="not a JSON object"):
+        assert cache.read_manifest("a") is None
+
+
+def test_remove_artifact(root):
+    assert cache.remove_artifact("mscan-t") is False
+    cache.write_manifest("mscan-t", {"v": 1})
+    (root / "mscan-t/model.safetensors").write_bytes(b"x" * 1000)
+    cache.write_manifest("mscan-s", {"v": 1})
+    assert cache.remove_artifact("mscan-t") is True
+    assert sorted(p.name for p in root.iterdir()) == ["mscan-s"]  # no trash left behind
+    assert cache.read_manifest("mscan-t") is None and cache.read_manifest("mscan-s") == {"v": 1}
+    assert cache.remove_artifact("mscan-t") is False
+
+
+# -- locks ----------------------------------------------------------------------------------
+
+
+def _try_lock(path: Path) -> bool:
+    """Whether an independent open of ``path`` can take the lock right now."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_artifact_lock_excludes_others_until_released(root):
+    with cache.artifact_lock("mscan-t") as folder:
+        assert folder == root / "mscan-t" and folder.is_dir()
+        assert _try_lock(folder / ".lock") is False
+    assert _try_lock(root / "mscan-t/.lock") is True
+
+
+def test_file_lock_waits_for_the_holder(tmp_path):
+    lock = tmp_path / "x.lock"
+    order = []
+    holding = threading.Event()
+
+    def holder():
+        with cache.file_lock(lock):
+            order.append("holder in")
+            holding.set()
+            time.sleep(0.2)
+            order.append("holder out")
+
+    def waiter():
+        with cache.file_lock(lock):
+            order.append("waiter in")
+
+    threads = [threading.Thread(target=fn, daemon=True) for fn in (holder, waiter)]
+    threads[0].start()
+    assert holding.wait(5)
+    threads[1].start()
+    for thread in threads:
+        thread.join(timeout=5)
+    assert not any(t.is_alive() for t in threads), "lock never released"
+    assert order == ["holder in", "holder out", "waiter in"]
+
+
+def test_remove_waits_for_a_pull_holding_the_artifact_lock(root):
+    cache.write_manifest("mscan-t", {"v": 1})
+    events = []
+    holding = threading.Event()
+
+    def pull():
+        with cache.artifact_lock("mscan-t") as folder:
+            holding.set()
+            time.sleep(0.2)
+            (folder / "model.safetensors").write_bytes(b"w")
+            events.append("pull done")
+
+    def remove():
+        events.append(("removed", cache.remove_artifact("mscan-t")))
+
+    puller = threading.Thread(target=pull, daemon=True)
+    puller.start()
+    assert holding.wait(5)
+    remover = threading.Thread(target=remove, daemon=True)
+    remover.start()
+    for thread in (puller, remover):
+        thread.join(timeout=5)
+    assert events == ["pull done", ("removed", True)]
+    assert not (root / "mscan-t").exists() and list(root.iterdir()) == []
