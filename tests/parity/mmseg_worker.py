@@ -101,6 +101,17 @@ def main() -> None:
                 if i >= job["benchmark"]["warmup"]:
                     times.append(time.perf_counter() - start)
         out["times"] = times
+    if job.get("init_model"):
+        from mmseg.apis import init_model
+
+        spec = job["init_model"]
+        times = []
+        for _ in range(spec["repeats"]):
+            start = time.perf_counter()
+            model = init_model(cfg, checkpoint=spec["checkpoint"], device="cpu")
+            times.append(time.perf_counter() - start)
+            del model
+        out["init_times"] = times
     if job.get("keys"):
         model = build_model(cfg)
         out["keys"] = {k: (tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items()}

@@ -1,0 +1,142 @@
+"""Commands that use weights: predict, eval, export."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import click
+
+from .common import command_options
+from .hub import main
+
+device_option = click.option("--device", default="cpu", show_default=True,
+                             help="torch device, e.g. cpu or cuda / cuda:0.")
+seed_option = click.option("--seed", type=int, default=None,
+                           help="torch.manual_seed(SEED) before each image's forward; the NMF head is random.")
+
+
+def _load(name_or_path: str, device: str, md_r: Optional[int] = None):
+    import torch
+
+    from ..errors import BadInputError
+    from ..loading import load
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInputError(f"--device {device}: no CUDA device is available")
+    return load(name_or_path, device=device, md_r=md_r)
+
+
+@main.command()
+@click.argument("name_or_path")
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--out-dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for <image>_classes.png, <image>_color.png, <image>_overlay.png.")
+@click.option("--mode", type=click.Choice(["whole", "slide"]), help="Default: the weights' test mode.")
+@seed_option
+@device_option
+@click.option("--md-r", type=click.IntRange(min=1), help="Override the NMF rank.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@command_options
+def predict(name_or_path: str, images: tuple[str, ...], out_dir: str, mode: Optional[str], seed: Optional[int],
+            device: str, md_r: Optional[int], quiet: bool) -> None:
+    """Segment IMAGES with NAME_OR_PATH (registry name, local file or hf://org/repo).
+
+    Writes a class-index PNG, a colour PNG in the dataset palette and an overlay per image.
+    The seed defaults to 0 so repeated runs give the same masks.
+    """
+    from ..inference import predict_files
+
+    model = _load(name_or_path, device, md_r)
+    written = predict_files(model, images, out_dir, mode=mode, seed=0 if seed is None else seed,
+                            progress=False if quiet else None)
+    for paths in written:
+        click.echo(str(paths["color"]))
+
+
+@main.command("eval")
+@click.argument("name_or_path")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--dataset", type=click.Choice(["ade20k", "cityscapes"]), help="Default: from the folder layout.")
+@click.option("--aug-test", is_flag=True, help="Multi-scale (0.5-1.75) + flip: the 'ms+flip' column.")
+@click.option("--mode", type=click.Choice(["whole", "slide"]), help="Default: the dataset's test mode.")
+@seed_option
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N images.")
+@device_option
+@click.option("--md-r", type=click.IntRange(min=1), help="Override the NMF rank.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@command_options
+def eval_command(name_or_path: str, data_dir: str, dataset: Optional[str], aug_test: bool, mode: Optional[str],
+                 seed: Optional[int], limit: Optional[int], device: str, md_r: Optional[int], as_json: bool,
+                 quiet: bool) -> None:
+    """mIoU / aAcc / mAcc and per-class IoU on an ADE20K or Cityscapes folder, as MMSeg computes them.
+
+    DATA_DIR holds ADEChallengeData2016/ (or is it), or leftImg8bit/ + gtFine/. The seed
+    defaults to the training seed recorded in the artifact's log, when there is one.
+    """
+    from ..evaluate import evaluate
+
+    model = _load(name_or_path, device, md_r)
+    if seed is None:
+        seed = _training_seed(name_or_path)
+    result = evaluate(model, data_dir, dataset=dataset, mode=mode, aug_test=aug_test, seed=seed, limit=limit,
+                      progress=False if quiet else None)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(result.format_table())
+        click.echo(f"seed: {seed}")
+
+
+def _training_seed(name_or_path: str) -> Optional[int]:
+    """The seed from a cached artifact's training log (None when unknown)."""
+    from ..hub import cached_manifest
+    from ..cache import artifact_dir
+
+    try:
+        manifest = cached_manifest(name_or_path)
+    except Exception:  # noqa: BLE001 - not a registry name
+        return None
+    if not manifest or not manifest.get("log_file"):
+        return None
+    from ..logs import parse_log
+
+    try:
+        return parse_log(artifact_dir(name_or_path) / manifest["log_file"]).seed
+    except Exception:  # noqa: BLE001 - an unreadable log only loses the default
+        return None
+
+
+@main.command()
+@click.argument("name_or_path")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--size", nargs=2, type=click.IntRange(min=32), default=(512, 512), show_default=True,
+              metavar="H W", help="Input size traced (the only size a static graph accepts).")
+@click.option("--dynamic", is_flag=True, help="Free batch, height and width axes.")
+@click.option("--bases", type=click.Choice(["input", "constant"]), default="input", show_default=True,
+              help="NMF bases as a graph input (you supply them) or a stored constant drawn once.")
+@click.option("--tolerance", type=float, default=1e-4, show_default=True,
+              help="Largest accepted |onnxruntime - PyTorch| logit difference.")
+@click.option("--force", is_flag=True, help="Overwrite OUT.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@command_options
+def export(name_or_path: str, out: str, size: tuple[int, int], dynamic: bool, bases: str, tolerance: float,
+           force: bool, as_json: bool) -> None:
+    """Export to ONNX and check onnxruntime against PyTorch before reporting success.
+
+    The NMF head is random in PyTorch; in the graph its bases are an input named 'bases'
+    of shape (batch, channels, rank) (L2-normalised columns) or a constant. Exit 1 when
+    onnxruntime disagrees beyond --tolerance (nothing written).
+    """
+    from ..export_onnx import export_onnx
+
+    model = _load(name_or_path, "cpu")
+    report = export_onnx(model, out, size=tuple(size), dynamic=dynamic, bases=bases, tolerance=tolerance,
+                         force=force)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(f"wrote {report.path} ({report.size_bytes / 2**20:.1f} MiB, {report.exporter} exporter, "
+                   f"opset {report.opset}); onnxruntime max abs diff {report.max_abs_diff:.2g} "
+                   f"(tolerance {report.tolerance:g})")

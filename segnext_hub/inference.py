@@ -1,0 +1,88 @@
+"""Image files in, class maps and pictures out: what ``segnext-hub predict`` and the demo run."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+
+from .errors import BadInputError
+from .evaluate import load_image
+from .palettes import palette_for
+from .visualize import save_outputs
+
+# MMSeg's test settings per dataset, used when the weights' config does not say.
+DATASET_TEST_SETTINGS = {
+    "ade20k": {"mode": "whole", "scale": (2048, 512)},
+    "cityscapes": {"mode": "slide", "scale": (2048, 1024), "crop_size": (1024, 1024), "stride": (768, 768)},
+    "isaid": {"mode": "whole", "scale": (896, 896)},
+}
+
+
+def test_settings(model: Any, mode: Optional[str] = None) -> dict[str, Any]:
+    """predict() keyword arguments from the model's config (test mode, resize, crop, stride)."""
+    config = getattr(model, "segnext_config", {}) or {}
+    settings: dict[str, Any] = dict(DATASET_TEST_SETTINGS.get(config.get("dataset") or "", {"mode": "whole"}))
+    if config.get("test_mode"):
+        settings["mode"] = config["test_mode"]
+    if config.get("resize_scale"):
+        settings["scale"] = tuple(config["resize_scale"])
+    if config.get("test_crop_size"):
+        settings["crop_size"] = tuple(config["test_crop_size"])
+    if config.get("test_stride"):
+        settings["stride"] = tuple(config["test_stride"])
+    if mode is not None:
+        settings["mode"] = mode
+    if settings["mode"] == "slide":
+        settings.setdefault("crop_size", (1024, 1024))
+        settings.setdefault("stride", (768, 768))
+    return settings
+
+
+def _progress(items: Sequence[Any], enabled: Optional[bool]) -> Any:
+    show = sys.stderr.isatty() if enabled is None else enabled
+    if not show or len(items) < 2:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc="predict", unit="img", file=sys.stderr)
+
+
+def predict_files(
+    model: Any,
+    images: Sequence[Union[str, os.PathLike]],
+    out_dir: Union[str, os.PathLike],
+    *,
+    mode: Optional[str] = None,
+    seed: Optional[int] = 0,
+    progress: Optional[bool] = None,
+) -> list[dict[str, Path]]:
+    """Predict each image and write ``<stem>_classes.png``, ``_color.png``, ``_overlay.png``.
+
+    ``seed``: ``torch.manual_seed(seed)`` before each image, so a result does not depend
+    on which images came before it (None: leave the global RNG alone).
+    """
+    if not hasattr(model, "predict"):
+        raise BadInputError("predict needs a segmentor; this artifact is a backbone only")
+    paths = [Path(p) for p in images]
+    for path in paths:
+        if not path.is_file():
+            raise BadInputError(f"image {path} does not exist")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = test_settings(model, mode)
+    config = getattr(model, "segnext_config", {}) or {}
+    palette = palette_for(model.num_classes, config.get("dataset") if config.get("dataset") else None)
+    stems = [p.stem for p in paths]
+    written = []
+    for path in _progress(paths, progress):
+        rgb = load_image(path)
+        if seed is not None:
+            torch.manual_seed(seed)
+        (pred,) = model.predict(rgb, **settings)
+        stem = path.stem if stems.count(path.stem) == 1 else f"{path.parent.name}_{path.stem}"
+        written.append(save_outputs(rgb, pred.mask.numpy(), palette, out, stem))
+    return written
