@@ -1,0 +1,330 @@
+"""mIoU / aAcc / mAcc on an ADE20K- or Cityscapes-layout folder, computed as MMSeg 1.x does.
+
+The folder is walked the way MMSeg's dataset classes walk it (sorted image paths, labels
+decoded and, for ADE20K, zero-reduced as its ``LoadAnnotations`` does); the metric is
+:class:`segnext_hub.metrics.IoUAccumulator`, a step-by-step twin of MMSeg's ``IoUMetric``.
+
+Seeds: the NMF head draws random bases at every forward. With ``seed`` given,
+``torch.manual_seed(seed)`` runs before each image's forward(s) (all TTA views of that
+image draw in sequence after it), so an image's prediction does not depend on which
+images came before it, and ``limit`` does not change the first images' results. MMSeg
+itself seeds once per run, so its per-image draws depend on the order of the dataset.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .errors import BadInputError
+from .metrics import IGNORE_INDEX, IoUAccumulator, two_places
+from .palettes import get_dataset
+from .tta import REFERENCES, TTA_RATIOS, predict_tta
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+# --------------------------------------------------------------------------- datasets
+@dataclass(frozen=True)
+class Layout:
+    """Where one dataset keeps its validation images and labels, and how it is tested."""
+
+    name: str
+    root_name: str  # the folder the layout usually sits in, for "parent" lookups
+    image_dir: str
+    label_dir: str
+    image_suffix: str
+    label_suffix: str
+    reduce_zero_label: bool
+    # MMSeg / official-repo test settings: keep-ratio scale, then whole or slide inference.
+    mode: str
+    scale: tuple[int, int]
+    crop_size: tuple[int, int]
+    stride: tuple[int, int]
+
+
+LAYOUTS: dict[str, Layout] = {
+    # configs/_base_/datasets/ade20k.py + segnext configs (test_cfg mode='whole').
+    "ade20k": Layout("ade20k", "ADEChallengeData2016", "images/validation", "annotations/validation",
+                     ".jpg", ".png", True, "whole", (2048, 512), (512, 512), (341, 341)),
+    # configs/_base_/datasets/cityscapes.py; official SegNeXt Cityscapes configs slide
+    # 1024x1024 crops every 768 pixels.
+    "cityscapes": Layout("cityscapes", "cityscapes", "leftImg8bit/val", "gtFine/val",
+                         "_leftImg8bit.png", "_gtFine_labelTrainIds.png", False, "slide",
+                         (2048, 1024), (1024, 1024), (768, 768)),
+}
+
+
+@dataclass(frozen=True)
+class Sample:
+    image: Path
+    label: Path
+
+
+def _has_layout(root: Path, layout: Layout) -> bool:
+    return (root / layout.image_dir).is_dir() and (root / layout.label_dir).is_dir()
+
+
+def find_dataset(data_dir: PathLike, dataset: Optional[str] = None) -> tuple[Layout, Path]:
+    """The layout and root folder of ``data_dir`` (a dataset root or the folder above it)."""
+    base = Path(data_dir)
+    if not base.is_dir():
+        raise BadInputError(f"data directory {base} does not exist")
+    if dataset is not None:
+        key = get_dataset(dataset).name
+        if key not in LAYOUTS:
+            raise BadInputError(f"evaluation supports the {' and '.join(LAYOUTS)} layouts, not {key}")
+        candidates = [LAYOUTS[key]]
+    else:
+        candidates = list(LAYOUTS.values())
+    found = []
+    for layout in candidates:
+        roots = [base] + sorted(p for p in base.iterdir() if p.is_dir())
+        matches = [r for r in roots if _has_layout(r, layout)]
+        if len(matches) > 1 and matches[0] != base:
+            preferred = [r for r in matches if r.name == layout.root_name]
+            if len(preferred) != 1:
+                names = ", ".join(str(m) for m in matches)
+                raise BadInputError(f"several {layout.name} datasets under {base} ({names}); pass one of them")
+            matches = preferred
+        if matches:
+            found.append((layout, matches[0]))
+    if not found:
+        wanted = "; ".join(f"{lay.name}: {lay.image_dir}/ + {lay.label_dir}/" for lay in candidates)
+        raise BadInputError(f"no dataset layout found in {base} or its subfolders (expected {wanted})")
+    if len(found) > 1:
+        raise BadInputError(f"{base} holds both an ADE20K and a Cityscapes layout; pass the dataset name")
+    return found[0]
+
+
+def list_samples(layout: Layout, root: Path) -> list[Sample]:
+    """Every image with its label, sorted by image path as MMSeg sorts its data list.
+
+    A missing label is an error before any inference starts, not a crash hours in.
+    """
+    image_dir, label_dir = root / layout.image_dir, root / layout.label_dir
+    # By path string, as MMSeg sorts (Path order differs when a name contains "-" or ".").
+    images = sorted((p for p in image_dir.rglob(f"*{layout.image_suffix}") if p.is_file()), key=str)
+    if not images:
+        raise BadInputError(f"no *{layout.image_suffix} images under {image_dir}")
+    samples, missing = [], []
+    for image in images:
+        rel = image.relative_to(image_dir)
+        stem = rel.name[: -len(layout.image_suffix)]
+        label = label_dir / rel.parent / f"{stem}{layout.label_suffix}"
+        (samples if label.is_file() else missing).append(Sample(image, label))
+    if missing:
+        first = missing[0]
+        hint = ""
+        if layout.name == "cityscapes":
+            hint = (" (labelTrainIds are made from gtFine *_labelIds.png by cityscapesscripts' "
+                    "createTrainIdLabelImgs or MMSeg's tools/dataset_converters/cityscapes.py)")
+        raise BadInputError(f"{len(missing)} image(s) have no label, e.g. {first.image} has no "
+                            f"{first.label}{hint}")
+    return samples
+
+
+def load_image(path: Path) -> np.ndarray:
+    """RGB uint8 (H, W, 3); greyscale and RGBA files are converted as OpenCV's colour read does."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return np.array(img.convert("RGB"))
+    except (OSError, ValueError) as err:
+        raise BadInputError(f"cannot read image {path}: {err}") from None
+
+
+def load_label(path: Path, reduce_zero_label: bool) -> np.ndarray:
+    """uint8 (H, W) class ids with 255 = ignore, as MMSeg's LoadAnnotations produces them.
+
+    MMSeg casts the decoded PNG to uint8 and, for ADE20K, maps 0 ("other") to 255 and
+    every other id i to i - 1.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            label = np.array(img)
+    except (OSError, ValueError) as err:
+        raise BadInputError(f"cannot read label {path}: {err}") from None
+    label = label.squeeze()
+    if label.ndim != 2:
+        raise BadInputError(f"label {path} is not a single-channel class-id image (shape {label.shape})")
+    label = label.astype(np.uint8)
+    if reduce_zero_label:
+        label = np.where(label == 0, IGNORE_INDEX, label - 1).astype(np.uint8)
+        label[label == IGNORE_INDEX - 1] = IGNORE_INDEX
+    return label
+
+
+# --------------------------------------------------------------------------- result
+def _json_float(value: float) -> Optional[float]:
+    return None if value is None or math.isnan(value) else round(float(value), 2)
+
+
+@dataclass
+class EvalResult:
+    """Metrics in percent (MMSeg's rounding); per-class values are NaN where undefined."""
+
+    dataset: str
+    data_root: str
+    num_images: int
+    aAcc: float
+    mIoU: float
+    mAcc: float
+    classes: list[str]
+    iou: list[float]
+    acc: list[float]
+    areas: dict[str, list[int]]
+    settings: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: NaN becomes null."""
+        out = asdict(self)
+        for key in ("aAcc", "mIoU", "mAcc"):
+            out[key] = _json_float(getattr(self, key))
+        out["iou"] = [_json_float(v) for v in self.iou]
+        out["acc"] = [_json_float(v) for v in self.acc]
+        out["per_class"] = [
+            {"class": name, "IoU": _json_float(i), "Acc": _json_float(a)}
+            for name, i, a in zip(self.classes, self.iou, self.acc)
+        ]
+        return out
+
+    def format_table(self) -> str:
+        """The per-class table MMSeg logs, plus the summary line."""
+        width = max(len("Class"), *(len(c) for c in self.classes))
+        lines = [f"{'Class':<{width}}  {'IoU':>6}  {'Acc':>6}", "-" * (width + 16)]
+        for name, i, a in zip(self.classes, self.iou, self.acc):
+            lines.append(f"{name:<{width}}  {_fmt(i):>6}  {_fmt(a):>6}")
+        lines.append("-" * (width + 16))
+        lines.append(f"aAcc {_fmt(self.aAcc)}  mIoU {_fmt(self.mIoU)}  mAcc {_fmt(self.mAcc)}  "
+                     f"({self.num_images} images, {self.dataset})")
+        return "\n".join(lines)
+
+
+def _fmt(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:.2f}"
+
+
+# --------------------------------------------------------------------------- driver
+def _progress(total: int, enabled: Optional[bool]) -> Any:
+    show = sys.stderr.isatty() if enabled is None else enabled
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc="eval", file=sys.stderr, dynamic_ncols=True)
+
+
+def _pair(value: Optional[Sequence[int]], default: tuple[int, int], what: str) -> tuple[int, int]:
+    if value is None:
+        return default
+    try:
+        a, b = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise BadInputError(f"{what} must be two integers, got {value!r}") from None
+    if a < 1 or b < 1:
+        raise BadInputError(f"{what} must be positive, got {value!r}")
+    return a, b
+
+
+def iter_samples(data_dir: PathLike, dataset: Optional[str] = None,
+                 limit: Optional[int] = None) -> tuple[Layout, Path, list[Sample]]:
+    """Resolve the layout and list the samples (the first ``limit`` in sorted order)."""
+    layout, root = find_dataset(data_dir, dataset)
+    samples = list_samples(layout, root)
+    if limit is not None:
+        if limit < 1:
+            raise BadInputError(f"limit must be a positive integer, got {limit}")
+        samples = samples[:limit]
+    return layout, root, samples
+
+
+def evaluate(
+    model: Any,
+    data_dir: PathLike,
+    *,
+    dataset: Optional[str] = None,
+    mode: Optional[str] = None,
+    scale: Optional[Sequence[int]] = None,
+    crop_size: Optional[Sequence[int]] = None,
+    stride: Optional[Sequence[int]] = None,
+    aug_test: bool = False,
+    aug_ratios: Sequence[float] = TTA_RATIOS,
+    aug_reference: str = "image",
+    seed: Optional[int] = None,
+    limit: Optional[int] = None,
+    progress: Optional[bool] = None,
+) -> EvalResult:
+    """Evaluate ``model`` (a :class:`SegNeXt` or anything with its ``predict``) on ``data_dir``.
+
+    ``dataset`` None picks the layout found in ``data_dir``. ``mode``/``scale``/``crop_size``/
+    ``stride`` default to the dataset's test settings (ADE20K: whole, (2048, 512);
+    Cityscapes: slide 1024x1024 every 768 after a (2048, 1024) resize). ``aug_test`` runs
+    :func:`segnext_hub.tta.predict_tta` (multi-scale + flip; ``aug_reference`` says what
+    the ratios multiply). Images stream one at a time; ``progress`` None shows a bar on a
+    terminal only.
+    """
+    layout, root, samples = iter_samples(data_dir, dataset, limit)
+    info = get_dataset(layout.name)
+    num_classes = int(model.num_classes)
+    if num_classes != info.num_classes:
+        raise BadInputError(f"the model predicts {num_classes} classes but {info.name} has {info.num_classes} classes")
+    mode = layout.mode if mode is None else mode
+    if mode not in ("whole", "slide"):
+        raise BadInputError(f"mode must be 'whole' or 'slide', got {mode!r}")
+    if aug_reference not in REFERENCES:
+        raise BadInputError(f"aug_reference must be one of {REFERENCES}, got {aug_reference!r}")
+    test_scale = _pair(scale, layout.scale, "scale")
+    crop = _pair(crop_size, layout.crop_size, "crop size")
+    step = _pair(stride, layout.stride, "stride")
+    settings = {"mode": mode, "scale": list(test_scale), "aug_test": aug_test, "seed": seed,
+                "limit": limit, "reduce_zero_label": layout.reduce_zero_label, "ignore_index": IGNORE_INDEX}
+    if mode == "slide":
+        settings.update(crop_size=list(crop), stride=list(step))
+    if aug_test:
+        settings.update(aug_ratios=[float(r) for r in aug_ratios], aug_flip=True, aug_reference=aug_reference)
+
+    acc = IoUAccumulator(num_classes)
+    bar = _progress(len(samples), progress)
+    start = time.perf_counter()
+    try:
+        for sample in samples:
+            image = load_image(sample.image)
+            label = load_label(sample.label, layout.reduce_zero_label)
+            if image.shape[:2] != label.shape:
+                raise BadInputError(f"{sample.image} is {image.shape[:2]} but its label is {label.shape}")
+            if seed is not None:
+                torch.manual_seed(seed)
+            if aug_test:
+                probs = predict_tta(model, image, mode=mode, test_scale=test_scale, crop_size=crop,
+                                    stride=step, ratios=aug_ratios, reference=aug_reference)
+                pred = probs.argmax(dim=0)
+            else:
+                pred = model.predict(image, mode=mode, scale=test_scale, crop_size=crop, stride=step)[0].mask
+            acc.add(pred, label)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    summary, iou, class_acc = acc.metrics()
+    return EvalResult(
+        dataset=layout.name, data_root=str(root), num_images=acc.count,
+        aAcc=summary["aAcc"], mIoU=summary["mIoU"], mAcc=summary["mAcc"],
+        classes=list(info.classes), iou=[two_places(v) for v in iou], acc=[two_places(v) for v in class_acc],
+        areas={k: [int(x) for x in v] for k, v in acc.exact.items()},
+        settings=settings, seconds=round(time.perf_counter() - start, 3),
+    )
+
