@@ -14,9 +14,8 @@ parity-venv: $(PARITY_VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[test,image,plot]'
+	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
 $(PARITY_VENV)/.installed: tests/parity/requirements.txt

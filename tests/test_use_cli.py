@@ -65,3 +65,36 @@ def test_demo_runs_the_loopback_pipeline(tmp_path):
     for kind in ("classes", "color", "overlay"):
         assert (tmp_path / f"rocket_{kind}.png").is_file()
     assert (tmp_path / "loopback-cache" / "mscan-t" / "manifest.json").is_file()
+
+
+def test_eval_cli_json_and_training_seed_default(mirror, tmp_path):
+    from .test_evaluate import make_ade
+
+    make_ade(tmp_path / "data", np.random.default_rng(0), sizes=[(40, 52), (36, 30)])
+    mirror.serve("mscan-t")
+    code, out, err = cli("eval", "mscan-t", tmp_path / "data", "--json", "-q")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["dataset"] == "ade20k" and result["num_images"] == 2
+    assert len(result["per_class"]) == 150 and 0 <= result["aAcc"] <= 100
+    code, out, _ = cli("eval", "mscan-t", tmp_path / "data", "-q")
+    assert code == 0 and "seed: 1234" in out  # the training log's seed (tests/hub_fixtures.py)
+    code, _, err = cli("eval", "mscan-t", tmp_path, "-q")
+    assert code == 2 and err.count("\n") == 1
+
+
+def test_export_cli_checks_onnxruntime(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from segnext_hub.converter import convert
+    from . import factory
+
+    factory.write_mmseg(tmp_path / "t.pth", factory.mmseg_state("t", seed=0))
+    convert(tmp_path / "t.pth", tmp_path / "t.safetensors", verify=False)
+    code, out, err = cli("export", tmp_path / "t.safetensors", tmp_path / "t.onnx", "--size", "64", "64",
+                         "--bases", "constant", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["checked"] and report["max_abs_diff"] <= report["tolerance"]
+    assert (tmp_path / "t.onnx").stat().st_size == report["size_bytes"]
+    code, _, err = cli("export", tmp_path / "t.safetensors", tmp_path / "t.onnx")
+    assert code == 2 and "exists" in err
