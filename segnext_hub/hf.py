@@ -1,0 +1,606 @@
+"""Hugging Face Hub: export a Hub-ready folder, push it, and read ``hf://org/repo`` back.
+
+A Hub repo written here holds exactly what a cache folder's loader needs
+(``model.safetensors`` with MMSeg names + ``config.json``, the same schema as the cache)
+plus a model card, so ``load("hf://org/repo")`` and ``load("mscan-t")`` build the same
+model from the same bytes.
+
+Every environment variable (``HF_ENDPOINT``, ``HF_HUB_CACHE``/``HF_HOME``, offline
+switches) is read at call time: ``huggingface_hub.constants`` freezes them at import, which
+would make a long-lived process or a test ignore later changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+from . import __version__
+from .cache import is_offline, offline_variable
+from .errors import BadInputError, DownloadError, OfflineError, SegnextHubError
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+CARD_FILE = "README.md"
+REPO_FILES = (MODEL_FILE, CONFIG_FILE, CARD_FILE)
+DEFAULT_ENDPOINT = "https://huggingface.co"
+PLACEHOLDER_REPO = "ORG/NAME"
+_REPO_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+_TRUTHY = {"1", "true", "yes", "on"}
+_DATASET_TITLES = {"ade20k": "ADE20K", "cityscapes": "Cityscapes", "isaid": "iSAID", "imagenet": "ImageNet-1k"}
+_CHUNK = 1 << 20
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def hub_endpoint(endpoint: Optional[str] = None) -> str:
+    """The explicit endpoint, else ``$HF_ENDPOINT``, else huggingface.co (no trailing /)."""
+    value = (endpoint or os.environ.get("HF_ENDPOINT", "").strip() or DEFAULT_ENDPOINT).rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise BadInputError(f"Hub endpoint must be an http(s) URL, got {value!r}")
+    return value
+
+
+def hf_hub_cache() -> Path:
+    """Where huggingface_hub keeps downloaded repos, resolved as it resolves it, but now.
+
+    ``$HF_HUB_CACHE``, else ``$HUGGINGFACE_HUB_CACHE``, else ``$HF_HOME/hub``, else
+    ``${XDG_CACHE_HOME:-~/.cache}/huggingface/hub``.
+    """
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if value := os.environ.get(var, "").strip():
+            return Path(value).expanduser()
+    if home := os.environ.get("HF_HOME", "").strip():
+        return Path(home).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip() or "~/.cache"
+    return Path(xdg).expanduser() / "huggingface" / "hub"
+
+
+def _offline_reason() -> Optional[str]:
+    """Which switch turned the network off, ours or huggingface_hub's frozen one."""
+    if is_offline():
+        return offline_variable()
+    try:
+        from huggingface_hub import constants
+
+        return "HF_HUB_OFFLINE (set when huggingface_hub was imported)" if constants.is_offline_mode() else None
+    except (ImportError, AttributeError):
+        return None
+
+
+def parse_repo_spec(spec: str) -> tuple[str, Optional[str]]:
+    """``org/name`` or ``org/name@revision`` -> (repo id, revision or None)."""
+    text = spec.strip()
+    if text.startswith("hf://"):
+        text = text[len("hf://"):]
+    repo_id, _, revision = text.partition("@")
+    check_repo_id(repo_id)
+    if "@" in text and not revision.strip():
+        raise BadInputError(f"hf://{text}: empty revision after '@'")
+    return repo_id, revision.strip() or None
+
+
+def check_repo_id(repo_id: str) -> str:
+    """Refuse anything but ``org/name`` before it reaches a URL."""
+    if not isinstance(repo_id, str) or not _REPO_RE.fullmatch(repo_id) or ".." in repo_id:
+        raise BadInputError(f"invalid Hub repo {repo_id!r}: expected ORG/NAME (letters, digits, . _ -)")
+    return repo_id
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _server_message(err: BaseException) -> str:
+    """The Hub's own explanation (X-Error-Message / JSON 'error'), else the first line."""
+    server = getattr(err, "server_message", None)
+    if server and str(server).strip():
+        return str(server).strip().splitlines()[0]
+    return _first_line(err)
+
+
+def _is_network_error(err: BaseException) -> bool:
+    """Connection failures from whichever HTTP client this huggingface_hub uses."""
+    if isinstance(err, (ConnectionError, TimeoutError)):
+        return True
+    module = type(err).__module__.split(".")[0]
+    return module in ("httpx", "httpx2", "requests", "urllib3")
+
+
+@contextlib.contextmanager
+def _hub_errors(what: str, endpoint: str) -> Iterator[None]:
+    """huggingface_hub's multi-line exceptions -> our one-line errors with a next step."""
+    from huggingface_hub import errors as hf
+
+    try:
+        yield
+    except SegnextHubError:
+        raise
+    except hf.OfflineModeIsEnabled:
+        raise OfflineError(f"{what}: offline mode is on ({_offline_reason() or 'HF_HUB_OFFLINE'})") from None
+    except hf.GatedRepoError as err:
+        raise BadInputError(f"{what}: the repo is gated on {endpoint}; accept its terms and pass a token "
+                            f"({_server_message(err)})") from None
+    except hf.RepositoryNotFoundError:
+        raise BadInputError(f"{what}: repository not found on {endpoint} (or it is private: set HF_TOKEN "
+                            "or pass --token)") from None
+    except hf.RevisionNotFoundError:
+        raise BadInputError(f"{what}: no such revision on {endpoint}") from None
+    except hf.RemoteEntryNotFoundError as err:
+        raise BadInputError(f"{what}: file not found on {endpoint} ({_server_message(err)})") from None
+    except hf.HfHubHTTPError as err:
+        status = err.response.status_code if getattr(err, "response", None) is not None else None
+        if status in (401, 403):
+            raise BadInputError(f"{what}: {endpoint} refused the credentials (HTTP {status}: "
+                                f"{_server_message(err)}); pass --token or set HF_TOKEN with write access") from None
+        raise DownloadError(f"{what}: HTTP {status} from {endpoint}: {_server_message(err)}") from None
+    except ValueError as err:
+        if "metadata in README.md" in str(err):  # the Hub's card validation
+            raise BadInputError(f"{what}: the Hub rejected the model card: "
+                                f"{' '.join(str(err).split())}") from None
+        raise
+    except Exception as err:  # noqa: BLE001 - network errors come from several client libraries
+        if _is_network_error(err):
+            raise DownloadError(f"{what}: cannot reach {endpoint}: {_first_line(err)}") from None
+        raise
+
+
+# --------------------------------------------------------------------------- export
+
+
+@dataclass
+class _Staged:
+    """What a source left in the staging folder, and what the model card should say."""
+
+    config: dict[str, Any]
+    artifact: Any = None  # registry.Artifact, for registry names
+    manifest: dict[str, Any] = field(default_factory=dict)  # cache manifest (registry names)
+    conversion: dict[str, Any] = field(default_factory=dict)  # ConvertReport.to_dict() (local files)
+    model_sha256: str = ""
+    card_given: bool = False  # a reviewed README.md came with the source folder
+
+
+def _is_path(text: str) -> bool:
+    """The same rule as ``load``: an existing path, a separator or a suffix means a path."""
+    return Path(text).expanduser().exists() or any(sep in text for sep in ("/", "\\")) or bool(Path(text).suffix)
+
+
+def _copy_hashing(src: Path, dst: Path) -> str:
+    digest = hashlib.sha256()
+    with open(src, "rb") as reader, open(dst, "wb") as writer:
+        for chunk in iter(lambda: reader.read(_CHUNK), b""):
+            digest.update(chunk)
+            writer.write(chunk)
+    return digest.hexdigest()
+
+
+def _stage_registry(name: str, staging: Path) -> _Staged:
+    """Pull into the cache (no network when cached), then copy, re-checking the hash so a
+    corrupted cache file is never published."""
+    from .hub import pull
+    from .registry import get_artifact
+
+    result = pull(name)
+    model_sha = _copy_hashing(result.path / MODEL_FILE, staging / MODEL_FILE)
+    recorded = result.manifest.get("model_sha256")
+    if recorded and model_sha != recorded:
+        raise BadInputError(f"{result.name}: cached {MODEL_FILE} does not match its recorded sha256; "
+                            f"run: segnext-hub pull --force {result.name}")
+    shutil.copyfile(result.path / CONFIG_FILE, staging / CONFIG_FILE)
+    config = json.loads((staging / CONFIG_FILE).read_text(encoding="utf-8"))
+    return _Staged(config, get_artifact(result.name), result.manifest,
+                   result.manifest.get("conversion") or {}, model_sha)
+
+
+def local_config(detection: dict[str, Any], name: str) -> dict[str, Any]:
+    """``hub.model_config``'s schema for a file no registry entry describes."""
+    return {
+        "architecture": "segnext",
+        "name": name,
+        "variant": detection["variant"],
+        "kind": detection["kind"],
+        "num_classes": detection["num_classes"],
+        "md_r": detection["md_r"],
+        "md_r_source": detection["sources"].get("md_r"),
+        "dataset": detection["dataset"],
+        "test_mode": None,
+        "resize_scale": None,
+        "test_crop_size": None,
+        "test_stride": None,
+        "source_layout": detection["layout"],
+        "source_url": None,
+        "license": None,
+        "segnext_hub_version": __version__,
+    }
+
+
+def _recorded_md_r(metadata: dict[str, str]) -> tuple[Optional[int], Optional[str]]:
+    """A segnext-hub safetensors keeps its MD_R in the header; keep it rather than guess."""
+    if metadata.get("architecture") != "segnext" or not str(metadata.get("md_r", "")).isdigit():
+        return None, None
+    source = metadata.get("md_r_source") or "unknown"
+    return int(metadata["md_r"]), f"safetensors metadata: {source}"
+
+
+def _stage_file(path: Path, staging: Path) -> _Staged:
+    """Convert with verification on: nothing unverified is ever published."""
+    from .checkpoint import read_checkpoint
+    from .converter import convert_checkpoint, write_output
+
+    checkpoint = read_checkpoint(path)
+    md_r, md_r_source = _recorded_md_r(checkpoint.metadata or {})
+    conversion = convert_checkpoint(checkpoint, md_r=md_r, md_r_source=md_r_source, verify=True)
+    model_sha = write_output(conversion, staging / MODEL_FILE)
+    config = local_config(conversion.detection.to_dict(), path.stem)
+    (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return _Staged(config, conversion=conversion.report.to_dict(), model_sha256=model_sha)
+
+
+def _stage_folder(folder: Path, staging: Path) -> _Staged:
+    """An exported (maybe hand-edited) or cache folder: checked by building the model, and
+    its README.md kept, so that ``push DIR`` publishes what was reviewed."""
+    from .loading import load_folder
+
+    load_folder(folder)  # raises BadInputError when the weights do not fit the config
+    model_sha = _copy_hashing(folder / MODEL_FILE, staging / MODEL_FILE)
+    shutil.copyfile(folder / CONFIG_FILE, staging / CONFIG_FILE)
+    config = json.loads((staging / CONFIG_FILE).read_text(encoding="utf-8"))
+    manifest = _read_json(folder / "manifest.json")
+    staged = _Staged(config, _registry_match(config), manifest, manifest.get("conversion") or {}, model_sha)
+    if (folder / CARD_FILE).is_file():
+        shutil.copyfile(folder / CARD_FILE, staging / CARD_FILE)
+        staged.card_given = True
+    return staged
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _registry_match(config: dict[str, Any]) -> Any:
+    """The registry entry a folder came from, when its config names it and its URL agrees."""
+    from .registry import get_artifact
+
+    try:
+        art = get_artifact(str(config.get("name") or ""))
+    except BadInputError:
+        return None
+    return art if art.url == config.get("source_url") else None
+
+
+def _stage(name_or_path: Union[str, PathLike], staging: Path) -> _Staged:
+    text = str(name_or_path)
+    if not _is_path(text):
+        return _stage_registry(text, staging)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / MODEL_FILE).is_file() or not (path / CONFIG_FILE).is_file():
+            raise BadInputError(f"{path}: a folder to export needs {MODEL_FILE} + {CONFIG_FILE}")
+        return _stage_folder(path, staging)
+    if not path.is_file():
+        raise BadInputError(f"{path}: no such file")
+    return _stage_file(path, staging)
+
+
+def _check_out_dir(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"{out} exists and is not a folder")
+    if out.exists() and not force:
+        raise BadInputError(f"{out} already exists (use --force to replace it)")
+    if not out.parent.is_dir():
+        raise BadInputError(f"output directory {out.parent} does not exist")
+
+
+def _replace_dir(staging: Path, out: Path) -> None:
+    """Swap the finished staging folder into place; an old ``out`` goes only once the new
+    one is there, and comes back if the swap fails."""
+    trash = None
+    if out.exists():
+        trash = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(out, trash)
+    try:
+        os.replace(staging, out)
+    except OSError:
+        if trash is not None:
+            os.replace(trash, out)
+        raise
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def export_folder(name_or_path: Union[str, PathLike], out_dir: PathLike, *, force: bool = False,
+                  repo_id: Optional[str] = None) -> Path:
+    """Write a Hub-ready folder: ``model.safetensors``, ``config.json``, ``README.md``.
+
+    ``name_or_path``: a registry name (pulled into the cache if needed), a local checkpoint
+    in any supported layout (converted, with verification), or a folder holding
+    ``model.safetensors`` + ``config.json`` (e.g. an earlier export, whose README.md is
+    kept). ``repo_id`` only fills the model card's usage line. The folder is built beside
+    ``out_dir`` and renamed into place, so it is either complete or absent; an existing
+    ``out_dir`` is replaced only with ``force``.
+    """
+    out = Path(out_dir).expanduser()
+    _check_out_dir(out, force)
+    if repo_id is not None:
+        check_repo_id(repo_id)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        staged = _stage(name_or_path, staging)
+        if not staged.card_given:
+            card = model_card(staged.config, repo_id or PLACEHOLDER_REPO, artifact=staged.artifact,
+                              manifest=staged.manifest, conversion=staged.conversion,
+                              model_sha256=staged.model_sha256)
+            (staging / CARD_FILE).write_text(card, encoding="utf-8")
+        _replace_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+# --------------------------------------------------------------------------- model card
+
+
+def _hub_license(text: Optional[str]) -> dict[str, str]:
+    """The card's licence fields. Only a plain Apache-2.0 statement maps to ``apache-2.0``;
+    the official release adds a commercial-use note, which ``other`` keeps visible."""
+    if not text:
+        return {}
+    if "commercial" in text.lower():
+        return {"license": "other", "license_name": "segnext-official",
+                "license_link": "https://github.com/Visual-Attention-Network/SegNeXt"}
+    if "apache-2.0" in text.lower() or "apache license 2.0" in text.lower():
+        return {"license": "apache-2.0"}
+    return {"license": "other", "license_name": "see-model-card", "license_link": "LICENSE"}
+
+
+def _front_matter(config: dict[str, Any], licence: Optional[str]) -> str:
+    import yaml
+
+    tags = ["semantic-segmentation", "segnext", "mscan", f"segnext-{config['variant']}"]
+    if config.get("dataset"):
+        tags.append(str(config["dataset"]))
+    if config.get("kind") == "backbone":
+        tags.append("backbone")
+    data: dict[str, Any] = dict(_hub_license(licence))
+    data.update({"library_name": "segnext-hub", "pipeline_tag": "image-segmentation", "tags": tags})
+    return "---\n" + yaml.safe_dump(data, sort_keys=False) + "---\n"
+
+
+def _fmt(value: Optional[float], digits: int = 2) -> str:
+    return f"{value:.{digits}f}" if value is not None else "not reported"
+
+
+def _metrics_section(artifact: Any) -> list[str]:
+    if artifact is None:
+        return ["## Results", "",
+                "No published results are attached to this file: it did not come from the segnext-hub "
+                "registry. segnext-hub has not evaluated it.", ""]
+    metrics = artifact.metrics
+    if metrics.miou is None and metrics.miou_ms is None and metrics.fps is None:
+        return ["## Results", "",
+                "The publisher reports no segmentation results for this file (an ImageNet backbone "
+                "is meant to be fine-tuned).", ""]
+    return [
+        "## Reported results", "",
+        "| metric | value |", "|---|---|",
+        f"| mIoU, single scale (%) | {_fmt(metrics.miou)} |",
+        f"| mIoU, multi-scale (+flip where stated) (%) | {_fmt(metrics.miou_ms)} |",
+        f"| inference speed (FPS) | {_fmt(metrics.fps)} |", "",
+        f"Source: {metrics.source}", "",
+        "These are the publisher's numbers for the original checkpoint; segnext-hub converts the "
+        "weights without changing what they compute (verified, see Provenance) but has not "
+        "re-evaluated them.", "",
+    ]
+
+
+def _md_r_section(config: dict[str, Any], artifact: Any, repo: str) -> list[str]:
+    if config.get("kind") == "backbone":
+        return []
+    source = str(config.get("md_r_source") or "not recorded").rstrip(". ")
+    other = 16 if config.get("md_r") == 64 else 64
+    lines = ["## The NMF rank (MD_R)", "",
+             f"`md_r = {config.get('md_r')}`, from: {source}.", "",
+             "No weight depends on it, but outputs do. To run with another rank: "
+             f"`segnext_hub.load(\"hf://{repo}\", md_r={other})`."]
+    if artifact is not None and artifact.md_r_settled is False:
+        lines += ["", "**The sources disagree on this value** (see the source note above); the "
+                      "registry's choice is the one the published configs resolve to."]
+    return lines + [""]
+
+
+def _seed_section(config: dict[str, Any]) -> list[str]:
+    if config.get("kind") == "backbone":
+        return []
+    return ["## Reproducibility: the NMF seed", "",
+            "The LightHamHead factorises features with NMF starting from random bases drawn at "
+            "every forward pass, in eval mode too, so outputs depend on the random state. Call "
+            "`torch.manual_seed(s)` right before inference (the bases are drawn exactly as "
+            "MMSegmentation draws them, so this reproduces MMSeg bit for bit), or pass "
+            "`generator=torch.Generator().manual_seed(s)`. MMSegmentation notes that the mIoU of "
+            "SegNeXt varies with this seed and advises reusing the training seed from the log.", ""]
+
+
+def _usage_section(config: dict[str, Any], repo: str) -> list[str]:
+    lines = ["## Usage", "", "```sh", "pip install segnext-hub", "```", "", "```python",
+             "import torch, segnext_hub", "",
+             f'model = segnext_hub.load("hf://{repo}")   # eval mode; device=, dtype=, md_r= as needed']
+    if config.get("kind") == "backbone":
+        lines += ["features = model(torch.randn(1, 3, 224, 224))   # four maps at strides 4, 8, 16, 32"]
+    else:
+        args = []
+        if config.get("test_mode") == "slide":
+            args += ['mode="slide"', f"crop_size={tuple(config['test_crop_size'])}",
+                     f"stride={tuple(config['test_stride'])}"]
+        if config.get("resize_scale"):
+            args.insert(0, f"scale={tuple(config['resize_scale'])}")
+        extra = (", " + ", ".join(args)) if args else ""
+        lines += ["torch.manual_seed(0)                      # see 'Reproducibility' below",
+                  f"(pred,) = model.predict(rgb{extra})   # rgb: (H, W, 3) uint8; pred.mask: (H, W) class ids"]
+    return lines + ["```", "",
+                    f"`hf://{repo}@REVISION` pins a branch, tag or commit. Offline "
+                    "(`HF_HUB_OFFLINE=1` or `SEGNEXT_HUB_OFFLINE=1`), the local Hugging Face cache is used.", ""]
+
+
+def _verification_text(conversion: dict[str, Any]) -> str:
+    ver = conversion.get("verification") if conversion else None
+    if not ver:
+        return "not recorded"
+    state = "passed" if ver.get("verified") else "FAILED"
+    return (f"{state}: source and converted models compared on {len(ver.get('inputs', []))} inputs, "
+            f"max abs difference {ver.get('max_abs_diff')} (tolerance {ver.get('atol')})")
+
+
+def _provenance_section(config: dict[str, Any], artifact: Any, manifest: dict[str, Any],
+                        conversion: dict[str, Any], model_sha256: str) -> list[str]:
+    lines = ["## Provenance", ""]
+    if artifact is not None:
+        lines += [f"- {artifact.provenance}",
+                  f"- Original file: `{artifact.filename}` from {artifact.url}"
+                  + ("" if artifact.url_verified else " (link built by segnext-hub, not verified upstream)")]
+        if manifest.get("raw_sha256"):
+            lines.append(f"- Original file sha256 (measured): `{manifest['raw_sha256']}`; "
+                         f"hash check: {manifest.get('hash_status', 'not recorded')}")
+        if artifact.log_url:
+            lines.append(f"- Training log: {artifact.log_url}")
+        lines.append(f"- Test settings: {artifact.test_source}")
+    elif conversion:
+        lines.append(f"- Converted from a local file `{Path(str(conversion.get('source', '?'))).name}` "
+                     f"(sha256 `{conversion.get('source_sha256', '?')}`), not from the segnext-hub registry.")
+    else:
+        lines.append("- Source: not recorded.")
+    det = (conversion or {}).get("detection") or {}
+    layout = config.get("source_layout") or det.get("layout") or "unknown"
+    version = config.get("segnext_hub_version", __version__)
+    how = ("already MMSegmentation 1.x names, re-saved" if layout == "mmseg"
+           else "renamed to MMSegmentation 1.x names")
+    lines += [f"- Key layout of the source: `{layout}`; {how} by segnext-hub {version}",
+              f"- Verification of the conversion: {_verification_text(conversion)}",
+              f"- `{MODEL_FILE}` sha256: `{model_sha256 or 'not recorded'}`",
+              f"- Model: SegNeXt-{str(config['variant']).upper()}, {config.get('kind')}"
+              + (f", {config.get('num_classes')} classes ({config.get('dataset') or 'unknown dataset'})"
+                 if config.get("kind") == "segmentor" else ""), ""]
+    return lines
+
+
+def _license_section(licence: Optional[str]) -> list[str]:
+    text = licence or ("Not recorded: this file did not come from the segnext-hub registry. Whoever "
+                       "publishes it must state its licence here and in the front matter.")
+    return ["## Licence", "", text, ""]
+
+
+def model_card(config: dict[str, Any], repo_id: str, *, artifact: Any = None,
+               manifest: Optional[dict[str, Any]] = None, conversion: Optional[dict[str, Any]] = None,
+               model_sha256: str = "") -> str:
+    """The README.md: front matter the Hub indexes, then what a user needs to trust the
+    weights (numbers with their source, provenance, MD_R, seed) and to use them."""
+    licence = artifact.license if artifact is not None else config.get("license")
+    dataset = _DATASET_TITLES.get(str(config.get("dataset")), config.get("dataset") or "unknown data")
+    what = "ImageNet-pretrained MSCAN backbone" if config.get("kind") == "backbone" else f"{dataset} model"
+    title = f"# SegNeXt-{str(config['variant']).upper()} {what}"
+    if artifact is not None:
+        title += f" (`{artifact.name}`)"
+    intro = ["", f"SegNeXt weights with MMSegmentation 1.x parameter names, for "
+                 "[segnext-hub](https://pypi.org/project/segnext-hub/) (plain PyTorch; no mmcv/mmseg needed).", ""]
+    body = ([title] + intro + _usage_section(config, repo_id) + _metrics_section(artifact)
+            + _md_r_section(config, artifact, repo_id) + _seed_section(config)
+            + _provenance_section(config, artifact, manifest or {}, conversion or {}, model_sha256)
+            + _license_section(licence)
+            + ["## Files", "",
+               f"- `{MODEL_FILE}`: the weights; its header metadata records variant, kind, classes, "
+               "MD_R, source hash and verification.",
+               f"- `{CONFIG_FILE}`: what `segnext_hub.load` needs to build the model (same schema as "
+               "the segnext-hub cache).", ""])
+    return _front_matter(config, licence) + "\n" + "\n".join(body)
+
+
+# --------------------------------------------------------------------------- push / download
+
+
+def push(name_or_path: Union[str, PathLike], repo_id: str, *, private: bool = False,
+         token: Optional[str] = None, endpoint: Optional[str] = None,
+         commit_message: Optional[str] = None) -> str:
+    """Export ``name_or_path`` (see :func:`export_folder`) and upload it; returns the repo URL.
+
+    The repo is created when missing (``private`` applies only then). Auth and network
+    failures raise one-line BadInputError / DownloadError; offline mode raises OfflineError
+    before anything is converted.
+    """
+    from huggingface_hub import HfApi
+
+    check_repo_id(repo_id)
+    url = hub_endpoint(endpoint)
+    if (reason := _offline_reason()) is not None:
+        raise OfflineError(f"push needs the network, but {reason} is set")
+    with tempfile.TemporaryDirectory(prefix="segnext-hub-push-") as tmp:
+        folder = export_folder(name_or_path, Path(tmp) / "export", repo_id=repo_id)
+        api = HfApi(endpoint=url, token=token)
+        with _hub_errors(f"push to {repo_id}", url):
+            repo_url = api.create_repo(repo_id, private=True if private else None, exist_ok=True)
+            api.upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=list(REPO_FILES),
+                              commit_message=commit_message or f"Upload {Path(str(name_or_path)).name} "
+                                                               f"with segnext-hub {__version__}")
+    return str(repo_url)
+
+
+def download_repo(spec: str, *, endpoint: Optional[str] = None, token: Optional[str] = None) -> Path:
+    """The local snapshot folder of ``org/name[@revision]`` (files are downloaded once and
+    then served from the Hugging Face cache; offline, only the cache is used)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub import errors as hf
+
+    repo_id, revision = parse_repo_spec(spec)
+    url = hub_endpoint(endpoint)
+    cache = hf_hub_cache()
+    offline = _offline_reason()
+    where = f"hf://{spec.strip()}"
+    try:
+        with _hub_errors(where, url):
+            folder = snapshot_download(repo_id, revision=revision, allow_patterns=list(REPO_FILES),
+                                       endpoint=url, cache_dir=str(cache), token=token,
+                                       local_files_only=offline is not None)
+    except hf.LocalEntryNotFoundError as err:
+        if offline is not None:
+            raise OfflineError(f"{where} is not in the local Hugging Face cache ({cache}) and {offline} is "
+                               "set; load it once while online") from None
+        raise DownloadError(f"{where}: {url} could not be reached or refused the request, and the repo is not "
+                            f"in the local Hugging Face cache ({cache}): {_cause_line(err)}") from None
+    return _check_snapshot(Path(folder), where)
+
+
+def _cause_line(err: BaseException) -> str:
+    cause = err.__cause__ or err.__context__
+    return _first_line(cause) if cause is not None else _first_line(err)
+
+
+def _check_snapshot(folder: Path, where: str) -> Path:
+    missing = [name for name in (MODEL_FILE, CONFIG_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise BadInputError(f"{where} has no {' or '.join(missing)}: not a segnext-hub export "
+                            "(publish one with `segnext-hub push`)")
+    config = _read_json(folder / CONFIG_FILE)
+    if config.get("architecture") != "segnext":
+        raise BadInputError(f"{where}: {CONFIG_FILE} does not describe a SegNeXt (architecture "
+                            f"{config.get('architecture')!r})")
+    return folder
