@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import BadInputError, SegnextHubError, VerificationError
-from .fileio import atomic_writer, sha256_file
+from .fileio import atomic_writer, check_destination, sha256_file
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -210,11 +210,7 @@ def _check_args(out: Path, size: Any, bases: str, exporter: str, tolerance: floa
         raise BadInputError(f"tolerance must be positive, got {tolerance}")
     if out.suffix.lower() != ".onnx":
         raise BadInputError(f"output file should end in .onnx, got {out.name}")
-    if out.exists() and not force:
-        raise BadInputError(f"{out} already exists (use --force to overwrite)")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise BadInputError(f"output directory {parent} does not exist")
+    check_destination(out, force=force)
     return height, width
 
 

@@ -15,6 +15,18 @@ PathLike = Union[str, "os.PathLike[str]"]
 CHUNK = 1 << 20
 
 
+def check_destination(path: PathLike, *, force: bool = False) -> Path:
+    """Fail before any work when ``path`` cannot (or, without ``force``, must not) be written."""
+    target = Path(path)
+    if target.is_dir():
+        raise BadInputError(f"output path {target} is a directory")
+    if target.exists() and not force:
+        raise BadInputError(f"{target} already exists (use --force to overwrite)")
+    if not target.parent.is_dir():
+        raise BadInputError(f"output directory {target.parent} does not exist")
+    return target
+
+
 @contextlib.contextmanager
 def atomic_writer(path: PathLike, *, force: bool = False, mode: str = "wb") -> Iterator[IO]:
     """Write to a temp file beside ``path`` and rename it into place on success.
@@ -22,14 +34,8 @@ def atomic_writer(path: PathLike, *, force: bool = False, mode: str = "wb") -> I
     On any exception the temp file is removed and an existing ``path`` is untouched.
     Without ``force`` an existing ``path`` is an error (checked before writing).
     """
-    target = Path(path)
-    if target.is_dir():
-        raise BadInputError(f"output path {target} is a directory")
-    if target.exists() and not force:
-        raise BadInputError(f"{target} already exists (use --force to overwrite)")
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise BadInputError(f"output directory {parent} does not exist")
+    target = check_destination(path, force=force)
+    parent = target.parent
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
     try:
         with os.fdopen(fd, mode) as handle:

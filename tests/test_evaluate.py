@@ -23,13 +23,7 @@ ADE_SIZES = [(24, 32), (30, 20), (17, 29), (26, 26)]  # distinct: the fake model
 CITY_SIZES = [(16, 32), (20, 40)]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation (badly so on a busy CPU)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # every test here; see conftest
 
 
 class FakeModel:

@@ -22,13 +22,7 @@ from segnext_hub.models.random_init import randomize_  # noqa: E402
 FAST = "torchscript"  # ~1 s per export here; the default dynamo path gets one test of its own
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation (badly so on a busy CPU)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # every test here; see conftest
 
 
 @pytest.fixture(scope="module")

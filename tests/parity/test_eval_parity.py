@@ -19,7 +19,7 @@ from segnext_hub.models.random_init import randomize_
 
 from .harness import require_parity_env
 
-pytestmark = pytest.mark.parity
+pytestmark = [pytest.mark.parity, pytest.mark.usefixtures("one_torch_thread")]
 
 SEED = 1234
 WORKER = Path(__file__).with_name("eval_worker.py")
@@ -52,12 +52,6 @@ def _datasets(tmp: Path) -> tuple[Path, Path]:
     return ade, city
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _metric_trials():
