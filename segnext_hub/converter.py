@@ -14,7 +14,7 @@ from . import __version__
 from .checkpoint import Checkpoint, read_checkpoint, write_pth, write_safetensors
 from .detect import Detection, detect
 from .errors import BadInputError, VerificationError
-from .fileio import check_destination
+from .fileio import check_destination as check_writable
 from .keymap import KeyMap, MappingResult, find_state_dict, load_key_map
 from .verify import VerificationReport, build_for_layout, check_keys, compare_models, load_into
 
@@ -211,7 +211,7 @@ def check_destination(dst: Union[str, Path], force: bool) -> Path:
     dst = Path(dst)
     if dst.suffix not in OUTPUT_SUFFIXES:
         raise BadInputError(f"output {dst} must end in .safetensors, .pth or .pt")
-    return check_destination(dst, force=force)
+    return check_writable(dst, force=force)
 
 
 def convert(
