@@ -210,3 +210,20 @@ def test_train_mode_runs_drop_path_and_train_steps():
     out = model(torch.randn(2, 3, 64, 64))
     out.mean().backward()
     assert model.backbone.patch_embed1.proj[0].weight.grad is not None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("variant", "tsbl")
+def test_cuda_fp32_matches_cpu(variant):  # pragma: no cover - runs on GPU machines only
+    cpu = randomize_(create_model(variant), seed=1)
+    gpu = randomize_(create_model(variant), seed=1).cuda()
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    x = torch.randn(1, 3, 96, 128)
+    bases = torch.nn.functional.normalize(torch.rand(1, cpu.decode_head.hamburger.ham_in.conv.out_channels,
+                                                     cpu.decode_head.md_r), dim=1)
+    with torch.no_grad():
+        ref = cpu(x, bases=bases)
+        out = gpu(x.cuda(), bases=bases.cuda()).cpu()
+    assert (out - ref).abs().max().item() <= 1e-3
+    assert (out.argmax(1) == ref.argmax(1)).float().mean().item() >= 0.999
