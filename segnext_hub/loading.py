@@ -88,14 +88,27 @@ def load_file_path(path: Path, **kwargs: Any) -> nn.Module:
 
 def load(name_or_path: Union[str, Path], *, device: Union[str, torch.device] = "cpu",
          dtype: Optional[torch.dtype] = None, md_r: Optional[int] = None,
-         progress: Optional[bool] = None) -> nn.Module:
+         progress: Optional[bool] = None, fast: bool = False) -> nn.Module:
     """An eval-mode SegNeXt (or MSCAN for backbone artifacts) ready for inference.
 
     ``name_or_path``: a registry name (pulled into the cache if needed, see
     ``segnext-hub list``), a local ``.safetensors``/``.pth``/``.pkl`` (converted on the fly
     when in another layout), a cache folder, or ``hf://org/repo``. ``md_r`` overrides the
-    NMF rank recorded with the weights.
+    NMF rank recorded with the weights. ``fast=True`` returns the fused inference-only
+    model (folded norms, fused kernels; equal up to rounding, see README "Fast inference").
     """
+    model = _load_exact(name_or_path, device=device, dtype=dtype, md_r=md_r, progress=progress)
+    if not fast:
+        return model
+    from .models.fused import fuse
+
+    fused = fuse(model)
+    fused.segnext_config = model.segnext_config
+    return fused
+
+
+def _load_exact(name_or_path: Union[str, Path], *, device: Union[str, torch.device], dtype: Optional[torch.dtype],
+                md_r: Optional[int], progress: Optional[bool]) -> nn.Module:
     kwargs = {"device": device, "dtype": dtype, "md_r": md_r}
     text = str(name_or_path)
     if text.startswith(HF_SCHEME):

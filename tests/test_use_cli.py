@@ -98,3 +98,19 @@ def test_export_cli_checks_onnxruntime(tmp_path):
     assert (tmp_path / "t.onnx").stat().st_size == report["size_bytes"]
     code, _, err = cli("export", tmp_path / "t.safetensors", tmp_path / "t.onnx")
     assert code == 2 and "exists" in err
+
+
+def test_predict_fast_agrees_with_exact(mirror, tmp_path):
+    import segnext_hub
+    from segnext_hub.models.fused import FusedSegNeXt
+
+    mirror.serve("mscan-t")
+    assert isinstance(segnext_hub.load("mscan-t", fast=True), FusedSegNeXt)
+    img = tmp_path / "p.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(img)
+    assert cli("predict", "mscan-t", img, "-o", tmp_path / "exact", "-q")[0] == 0
+    code, _, err = cli("predict", "mscan-t", img, "-o", tmp_path / "fast", "-q", "--fast")
+    assert code == 0, err
+    exact = np.array(Image.open(tmp_path / "exact" / "p_classes.png"))
+    fast = np.array(Image.open(tmp_path / "fast" / "p_classes.png"))
+    assert (exact == fast).mean() >= 0.999

@@ -16,7 +16,11 @@ seed_option = click.option("--seed", type=int, default=None,
                            help="torch.manual_seed(SEED) before each image's forward; the NMF head is random.")
 
 
-def _load(name_or_path: str, device: str, md_r: Optional[int] = None):
+fast_option = click.option("--fast", is_flag=True,
+                           help="Fused inference model (folded norms, fused kernels): faster, equal up to rounding.")
+
+
+def _load(name_or_path: str, device: str, md_r: Optional[int] = None, fast: bool = False):
     import torch
 
     from ..errors import BadInputError
@@ -24,7 +28,7 @@ def _load(name_or_path: str, device: str, md_r: Optional[int] = None):
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BadInputError(f"--device {device}: no CUDA device is available")
-    return load(name_or_path, device=device, md_r=md_r)
+    return load(name_or_path, device=device, md_r=md_r, fast=fast)
 
 
 @main.command()
@@ -36,10 +40,11 @@ def _load(name_or_path: str, device: str, md_r: Optional[int] = None):
 @seed_option
 @device_option
 @click.option("--md-r", type=click.IntRange(min=1), help="Override the NMF rank.")
+@fast_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @command_options
 def predict(name_or_path: str, images: tuple[str, ...], out_dir: str, mode: Optional[str], seed: Optional[int],
-            device: str, md_r: Optional[int], quiet: bool) -> None:
+            device: str, md_r: Optional[int], fast: bool, quiet: bool) -> None:
     """Segment IMAGES with NAME_OR_PATH (registry name, local file or hf://org/repo).
 
     Writes a class-index PNG, a colour PNG in the dataset palette and an overlay per image.
@@ -47,7 +52,7 @@ def predict(name_or_path: str, images: tuple[str, ...], out_dir: str, mode: Opti
     """
     from ..inference import predict_files
 
-    model = _load(name_or_path, device, md_r)
+    model = _load(name_or_path, device, md_r, fast)
     written = predict_files(model, images, out_dir, mode=mode, seed=0 if seed is None else seed,
                             progress=False if quiet else None)
     for paths in written:
@@ -64,12 +69,13 @@ def predict(name_or_path: str, images: tuple[str, ...], out_dir: str, mode: Opti
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N images.")
 @device_option
 @click.option("--md-r", type=click.IntRange(min=1), help="Override the NMF rank.")
+@fast_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @command_options
 def eval_command(name_or_path: str, data_dir: str, dataset: Optional[str], aug_test: bool, mode: Optional[str],
-                 seed: Optional[int], limit: Optional[int], device: str, md_r: Optional[int], as_json: bool,
-                 quiet: bool) -> None:
+                 seed: Optional[int], limit: Optional[int], device: str, md_r: Optional[int], fast: bool,
+                 as_json: bool, quiet: bool) -> None:
     """mIoU / aAcc / mAcc and per-class IoU on an ADE20K or Cityscapes folder, as MMSeg computes them.
 
     DATA_DIR holds ADEChallengeData2016/ (or is it), or leftImg8bit/ + gtFine/. The seed
@@ -77,7 +83,7 @@ def eval_command(name_or_path: str, data_dir: str, dataset: Optional[str], aug_t
     """
     from ..evaluate import evaluate
 
-    model = _load(name_or_path, device, md_r)
+    model = _load(name_or_path, device, md_r, fast)
     if seed is None:
         seed = _training_seed(name_or_path)
     result = evaluate(model, data_dir, dataset=dataset, mode=mode, aug_test=aug_test, seed=seed, limit=limit,

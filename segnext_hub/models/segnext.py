@@ -49,6 +49,12 @@ class SegNeXt(nn.Module):
         """Make every later forward draw NMF bases from ``generator`` (None: global RNG)."""
         self.decode_head.hamburger.ham.generator = generator
 
+    def fuse(self, **options: object) -> nn.Module:
+        """A new inference-only copy with folded norms and fused kernels; see :func:`.fused.fuse`."""
+        from .fused import fuse  # fused imports this module
+
+        return fuse(self, **options)
+
     # ------------------------------------------------------------------ inference
     def _logits_at(self, x: Tensor, size: Sequence[int], generator: Optional[torch.Generator]) -> Tensor:
         """Forward, then bilinear resize of the 1/8 logits to ``size`` (MMSeg's encode_decode)."""
