@@ -110,8 +110,12 @@ def main() -> None:
             start = time.perf_counter()
             model = init_model(cfg, checkpoint=spec["checkpoint"], device="cpu")
             times.append(time.perf_counter() - start)
-            del model
         out["init_times"] = times
+        out["dataset_meta"] = dict(model.dataset_meta)
+        if spec.get("input"):
+            torch.manual_seed(job.get("seed", 0))
+            with torch.no_grad():
+                out["logits"] = model(torch.load(spec["input"]), mode="tensor")
     if job.get("keys"):
         model = build_model(cfg)
         out["keys"] = {k: (tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items()}

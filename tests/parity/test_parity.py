@@ -89,3 +89,26 @@ def test_predict_whole_matches_mmseg_inference(tmp_path):
     agreement = (ours[1] == theirs[1].long()).float().mean().item()
     print(f"predict after resize: {agreement:.4%} of pixels agree with MMSeg")
     assert agreement >= 0.995, f"only {agreement:.4%} of pixels agree after resizing"
+
+
+def test_converted_pth_loads_in_mmseg_init_model(tmp_path):
+    """segnext-convert's .pth output is an MMSeg checkpoint: init_model reads it as is."""
+    require_parity_env()
+    from segnext_hub.converter import convert
+
+    from .. import factory
+
+    state = factory.mmseg_state("t", seed=9, md_r=16)
+    src = factory.write_official(tmp_path / "official.pth", state, md_r=16)
+    convert(src, tmp_path / "mmseg.pth")
+    x = torch.randn(1, 3, 75, 103)
+    torch.save(x, tmp_path / "x.pt")
+    theirs = run_mmseg({"variant": "t", "md_r": 16, "seed": SEED,
+                        "init_model": {"checkpoint": str(tmp_path / "mmseg.pth"), "repeats": 1,
+                                       "input": str(tmp_path / "x.pt")}}, tmp_path)
+    assert len(theirs["dataset_meta"]["classes"]) == 150 and theirs["dataset_meta"]["classes"][0] == "wall"
+    model = create_model("t", md_r=16)
+    model.load_state_dict(state, strict=True)
+    torch.manual_seed(SEED)
+    with torch.no_grad():
+        assert torch.equal(model(x), theirs["logits"])
