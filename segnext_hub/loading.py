@@ -34,6 +34,26 @@ def _meta_skeleton(variant: str, num_classes: int, md_r: Optional[int], backbone
         return create_model(variant, num_classes=num_classes, md_r=md_r, backbone_only=backbone_only)
 
 
+def _copy_with_weights(skeleton: nn.Module, slots: dict[str, torch.Tensor],
+                       state: dict[str, torch.Tensor]) -> nn.Module:
+    """Deep-copy the meta skeleton with every meta tensor replaced by the loaded one.
+
+    deepcopy's memo maps each meta parameter/buffer straight to its real value, so the
+    copy is the finished model: the same strict check as ``load_state_dict(assign=True)``
+    (every key, every shape) without its per-module Python walk.
+    """
+    memo: dict[int, Any] = {}
+    for key, slot in slots.items():
+        value = state[key]
+        if tuple(value.shape) != tuple(slot.shape):
+            raise BadInputError(f"shape mismatch for {key}: weights {tuple(value.shape)}, "
+                                f"model {tuple(slot.shape)}")
+        if isinstance(slot, nn.Parameter):
+            value = nn.Parameter(value, requires_grad=slot.requires_grad)
+        memo[id(slot)] = value
+    return copy.deepcopy(skeleton, memo)
+
+
 def build_from_config(config: dict[str, Any], state: dict[str, torch.Tensor], *,
                       md_r: Optional[int] = None, device: Union[str, torch.device] = "cpu",
                       dtype: Optional[torch.dtype] = None) -> nn.Module:
@@ -41,14 +61,14 @@ def build_from_config(config: dict[str, Any], state: dict[str, torch.Tensor], *,
     backbone_only = config.get("kind") == "backbone"
     num_classes = config.get("num_classes") or 150
     rank = md_r if md_r is not None else config.get("md_r")
-    model = copy.deepcopy(_meta_skeleton(config["variant"], num_classes, rank, backbone_only))
-    expected = model.state_dict()
+    skeleton = _meta_skeleton(config["variant"], num_classes, rank, backbone_only)
+    expected = skeleton.state_dict(keep_vars=True)
     missing = [k for k in expected if k not in state]
     extra = [k for k in state if k not in expected]
     if missing or extra:
         raise BadInputError(f"weights do not fit SegNeXt-{config['variant'].upper()}: "
                             f"{len(missing)} missing (e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]})")
-    model.load_state_dict(state, strict=True, assign=True)
+    model = _copy_with_weights(skeleton, expected, state)
     if dtype is not None:
         model = model.to(dtype=dtype)
     model = model.to(device)
