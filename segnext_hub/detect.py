@@ -37,7 +37,8 @@ class Detection:
         return asdict(self)
 
 
-def _first(keys: list[str], n: int = 3) -> str:
+def first_keys(keys: list[str], n: int = 3) -> str:
+    """The first few keys for a one-line error, with a count of the rest."""
     shown = ", ".join(keys[:n])
     return shown + (f" (and {len(keys) - n} more)" if len(keys) > n else "")
 
@@ -57,7 +58,7 @@ def detect_layout(keys: list[str], file_format: str) -> tuple[str, str]:
             return "jittor", "official names without BatchNorm num_batches_tracked (Jittor)"
         return "official", "official mlp.dwconv.dwconv names"
     raise BadInputError("not a SegNeXt checkpoint: no MSCAN keys such as "
-                        f"'block1.0.mlp.dwconv...' found (first keys: {_first(keys)})")
+                        f"'block1.0.mlp.dwconv...' found (first keys: {first_keys(keys)})")
 
 
 def _backbone_prefix(keys: list[str]) -> str:
@@ -72,7 +73,7 @@ def detect_variant(state: Mapping[str, torch.Tensor]) -> str:
         weight = state.get(f"{prefix}norm{i}.weight")
         if weight is None or weight.ndim != 1:
             raise BadInputError(f"not a SegNeXt checkpoint: missing '{prefix}norm{i}.weight' "
-                                f"(first keys: {_first(keys)})")
+                                f"(first keys: {first_keys(keys)})")
         dims.append(int(weight.shape[0]))
     depths = [0, 0, 0, 0]
     for key in keys:

@@ -10,22 +10,18 @@ from typing import Any, Optional, Sequence, Union
 import torch
 
 from .errors import BadInputError
-from .evaluate import load_image
+from .evaluate import LAYOUTS, load_image
 from .palettes import palette_for
 from .visualize import save_outputs
-
-# MMSeg's test settings per dataset, used when the weights' config does not say.
-DATASET_TEST_SETTINGS = {
-    "ade20k": {"mode": "whole", "scale": (2048, 512)},
-    "cityscapes": {"mode": "slide", "scale": (2048, 1024), "crop_size": (1024, 1024), "stride": (768, 768)},
-    "isaid": {"mode": "whole", "scale": (896, 896)},
-}
-
 
 def test_settings(model: Any, mode: Optional[str] = None) -> dict[str, Any]:
     """predict() keyword arguments from the model's config (test mode, resize, crop, stride)."""
     config = getattr(model, "segnext_config", {}) or {}
-    settings: dict[str, Any] = dict(DATASET_TEST_SETTINGS.get(config.get("dataset") or "", {"mode": "whole"}))
+    settings: dict[str, Any] = {"mode": "whole"}
+    layout = LAYOUTS.get(config.get("dataset") or "")
+    if layout is not None:  # evaluate's per-dataset MMSeg test settings
+        settings = {"mode": layout.mode, "scale": layout.scale, "crop_size": layout.crop_size,
+                    "stride": layout.stride}
     if config.get("test_mode"):
         settings["mode"] = config["test_mode"]
     if config.get("resize_scale"):

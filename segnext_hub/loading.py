@@ -22,6 +22,7 @@ from .checkpoint import read_checkpoint
 from .converter import convert_checkpoint
 from .errors import BadInputError
 from .models import create_model
+from .verify import check_keys
 
 HF_SCHEME = "hf://"
 
@@ -39,15 +40,12 @@ def _copy_with_weights(skeleton: nn.Module, slots: dict[str, torch.Tensor],
     """Deep-copy the meta skeleton with every meta tensor replaced by the loaded one.
 
     deepcopy's memo maps each meta parameter/buffer straight to its real value, so the
-    copy is the finished model: the same strict check as ``load_state_dict(assign=True)``
-    (every key, every shape) without its per-module Python walk.
+    copy is the finished model, without ``load_state_dict``'s per-module Python walk.
+    The caller has checked keys and shapes (:func:`verify.check_keys`).
     """
     memo: dict[int, Any] = {}
     for key, slot in slots.items():
         value = state[key]
-        if tuple(value.shape) != tuple(slot.shape):
-            raise BadInputError(f"shape mismatch for {key}: weights {tuple(value.shape)}, "
-                                f"model {tuple(slot.shape)}")
         if isinstance(slot, nn.Parameter):
             value = nn.Parameter(value, requires_grad=slot.requires_grad)
         memo[id(slot)] = value
@@ -63,11 +61,7 @@ def build_from_config(config: dict[str, Any], state: dict[str, torch.Tensor], *,
     rank = md_r if md_r is not None else config.get("md_r")
     skeleton = _meta_skeleton(config["variant"], num_classes, rank, backbone_only)
     expected = skeleton.state_dict(keep_vars=True)
-    missing = [k for k in expected if k not in state]
-    extra = [k for k in state if k not in expected]
-    if missing or extra:
-        raise BadInputError(f"weights do not fit SegNeXt-{config['variant'].upper()}: "
-                            f"{len(missing)} missing (e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]})")
+    check_keys(state, expected)
     model = _copy_with_weights(skeleton, expected, state)
     if dtype is not None:
         model = model.to(dtype=dtype)

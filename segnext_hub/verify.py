@@ -16,7 +16,7 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
-from .detect import Detection
+from .detect import Detection, first_keys
 from .errors import BadInputError
 from .models import create_model
 from .models.official import build_official
@@ -76,17 +76,13 @@ def check_keys(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.T
     missing = [k for k in expected if k not in state]
     extra = [k for k in state if k not in expected]
     if missing:
-        raise BadInputError(f"{len(missing)} key(s) missing from the checkpoint: {_first(missing)}")
+        raise BadInputError(f"{len(missing)} key(s) missing from the checkpoint: {first_keys(missing)}")
     if extra:
-        raise BadInputError(f"{len(extra)} unexpected key(s) in the checkpoint: {_first(extra)}")
+        raise BadInputError(f"{len(extra)} unexpected key(s) in the checkpoint: {first_keys(extra)}")
     for key, value in state.items():
         if tuple(value.shape) != tuple(expected[key].shape):
             raise BadInputError(f"shape mismatch for {key}: checkpoint {tuple(value.shape)}, "
                                 f"model {tuple(expected[key].shape)}")
-
-
-def _first(keys: list[str], n: int = 3) -> str:
-    return ", ".join(keys[:n]) + (f" (and {len(keys) - n} more)" if len(keys) > n else "")
 
 
 @torch.no_grad()
