@@ -60,7 +60,7 @@ from typing import IO, Any, Callable, Dict, Iterable, Iterator, Optional, Tuple,
 import numpy as np
 import torch
 
-from .errors import BadInputError, SegnextHubError, UnsafePickleError
+from .errors import BadInputError, SegnextHubError, UnsafePickleError, one_line
 from .fileio import atomic_writer
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -170,11 +170,11 @@ def _decoding_errors(where: str) -> Iterator[None]:
         yield
     except _Unsafe as exc:
         raise UnsafePickleError(
-            f"refusing to load {where}: its pickle asks for {_one_line(exc)}, which is not on the allowlist "
+            f"refusing to load {where}: its pickle asks for {one_line(exc)}, which is not on the allowlist "
             "(nothing was executed)"
         ) from None
     except _Corrupt as exc:
-        raise BadInputError(f"cannot read {where}: {_one_line(exc)}") from None
+        raise BadInputError(f"cannot read {where}: {one_line(exc)}") from None
     except SegnextHubError:
         raise
     except (EOFError, pickle.UnpicklingError) as exc:
@@ -182,7 +182,7 @@ def _decoding_errors(where: str) -> Iterator[None]:
     except MemoryError:
         raise BadInputError(f"cannot read {where}: out of memory while decoding (corrupt size field?)") from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure on bad bytes is bad input
-        raise BadInputError(f"cannot read {where}: {_one_line(exc)}") from exc
+        raise BadInputError(f"cannot read {where}: {one_line(exc)}") from exc
 
 
 def write_safetensors(
@@ -235,11 +235,6 @@ class _Corrupt(Exception):
     """Raised by the decoders; its text is the one-line reason the bytes are unusable."""
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
 def _show_path(path: Path) -> str:
     text = str(path)
     return text if text.isprintable() else repr(text)
@@ -249,7 +244,7 @@ def _pickle_reason(exc: BaseException) -> str:
     text = str(exc)
     if isinstance(exc, EOFError) or "truncated" in text or "ran out of input" in text.lower():
         return "the pickle data ends early (truncated file or incomplete download)"
-    return f"corrupt pickle ({_one_line(exc)})"
+    return f"corrupt pickle ({one_line(exc)})"
 
 
 # --------------------------------------------------------------------------- reading the file
@@ -991,7 +986,7 @@ def _decode_torch_zip(buf: memoryview) -> Tuple[Any, Dict[str, str]]:
     try:
         archive = zipfile.ZipFile(reader)
     except zipfile.BadZipFile as exc:
-        raise _Corrupt(f"truncated or corrupt zip archive ({_one_line(exc)})") from None
+        raise _Corrupt(f"truncated or corrupt zip archive ({one_line(exc)})") from None
     with archive:
         infos = archive.infolist()
         pickles = [info.filename for info in infos if info.filename.endswith("/data.pkl")]
@@ -1171,7 +1166,7 @@ def _decode_safetensors(buf: memoryview) -> Tuple[Any, Dict[str, str]]:
     try:
         header = json.loads(bytes(buf[8 : 8 + header_len]).decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise _Corrupt(f"safetensors header is not valid JSON ({_one_line(exc)})") from None
+        raise _Corrupt(f"safetensors header is not valid JSON ({one_line(exc)})") from None
     if not isinstance(header, dict):
         raise _Corrupt("safetensors header is not a JSON object")
     metadata = header.pop("__metadata__", None)

@@ -42,7 +42,7 @@ import requests
 import urllib3
 
 from .cache import file_lock, is_offline, offline_variable
-from .errors import BadInputError, DownloadError, OfflineError
+from .errors import BadInputError, DownloadError, OfflineError, one_line
 from .fileio import sha256_file
 
 CHUNK = 1 << 20  # big reads keep Python overhead negligible next to the kernel copies
@@ -280,11 +280,11 @@ def _fetch(req: _Request, partial: _Partial) -> None:
     try:
         resp = req.session.get(req.url, headers=headers, stream=True, timeout=req.timeout)
     except requests.exceptions.SSLError as err:
-        raise DownloadError(f"TLS error fetching {req.shown}: {_one_line(err)}") from err
+        raise DownloadError(f"TLS error fetching {req.shown}: {one_line(err)}") from err
     except _REQUEST_ERRORS as err:
-        raise _Transient(f"connection failed: {_one_line(err)}") from err
+        raise _Transient(f"connection failed: {one_line(err)}") from err
     except requests.exceptions.RequestException as err:  # bad URL, redirect loop...
-        raise DownloadError(f"cannot fetch {req.shown}: {_one_line(err)}") from err
+        raise DownloadError(f"cannot fetch {req.shown}: {one_line(err)}") from err
     with contextlib.closing(resp):
         start = _check_status(resp, req, partial, offset)
         if start is None:  # 416 and the partial already holds the whole file
@@ -340,7 +340,7 @@ def _receive(resp: requests.Response, req: _Request, partial: _Partial, start: i
         _pump(resp, sink, req.bar)
     except _READ_ERRORS as err:
         sink.close()
-        raise _Transient(f"connection lost at byte {partial.size}: {_one_line(err)}") from err
+        raise _Transient(f"connection lost at byte {partial.size}: {one_line(err)}") from err
     except BaseException:
         sink.close()
         raise
@@ -448,11 +448,6 @@ def _retry_after(resp: requests.Response) -> Optional[float]:
         return min(float(resp.headers["Retry-After"]), MAX_RETRY_AFTER)
     except (KeyError, ValueError):
         return None
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text[:300] if text else type(err).__name__
 
 
 # -- progress ---------------------------------------------------------------------------------

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """An exception's text on one line (whitespace collapsed, at most ``limit`` characters)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class SegnextHubError(Exception):
     """Base class: ``str(err)`` is one line a user can act on."""
 
