@@ -99,7 +99,7 @@ def info(name: str, as_json: bool) -> None:
                     verification=manifest.get("conversion", {}).get("verification"))
         log_file = manifest.get("log_file")
         if log_file:
-            from ..logs import parse_log
+            from ..tasks.logs import parse_log
 
             try:
                 data["log"] = parse_log(artifact_dir(art.name) / log_file).as_dict()
@@ -175,7 +175,7 @@ def log(name_or_file: str, plot_path: Optional[str], as_json: bool) -> None:
     from pathlib import Path
 
     from ..errors import BadInputError
-    from ..logs import format_summary, parse_log, plot_log
+    from ..tasks.logs import format_summary, parse_log, plot_log
 
     path = Path(name_or_file)
     if not path.exists():

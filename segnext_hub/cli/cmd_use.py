@@ -106,7 +106,7 @@ def _training_seed(name_or_path: str) -> Optional[int]:
         return None
     if not manifest or not manifest.get("log_file"):
         return None
-    from ..logs import parse_log
+    from ..tasks.logs import parse_log
 
     try:
         return parse_log(artifact_dir(name_or_path) / manifest["log_file"]).seed

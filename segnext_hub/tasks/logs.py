@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -287,7 +287,7 @@ def plot_log(summary: LogSummary, out_png: PathLike) -> Path:
         raise BadInputError(PLOT_HINT) from None
     if not summary.loss_curve and not summary.miou_curve:
         raise BadInputError("the training log has neither loss nor mIoU values to plot")
-    from .fileio import atomic_writer
+    from ..fileio import atomic_writer
 
     figure = Figure(figsize=(10, 4), dpi=100)
     FigureCanvasAgg(figure)

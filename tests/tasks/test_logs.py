@@ -7,7 +7,7 @@ import json
 import pytest
 
 from segnext_hub.errors import BadInputError
-from segnext_hub.logs import format_summary, parse_log, parse_log_lines, plot_log
+from segnext_hub.tasks.logs import format_summary, parse_log, parse_log_lines, plot_log
 
 CONFIG_TEXT = """norm_cfg = dict(type='SyncBN', requires_grad=True)
 ham_norm_cfg = dict(type='GN', num_groups=32, requires_grad=True)
