@@ -25,7 +25,7 @@ $(PARITY_VENV)/.installed: tests/parity/requirements.txt
 	touch $@
 
 demo: venv
-	$(PY) -m segnext_hub.demo
+	$(PY) -m segnext_hub.tasks.demo
 
 # The whole suite, parity with MMSegmentation 1.2.2 included (it must not be skipped).
 test: venv parity-venv

@@ -34,7 +34,7 @@ def bench_download(mib: int, repeats: int) -> None:
 def bench_load(variant: str, repeats: int) -> None:
     import torch
 
-    from segnext_hub.converter import convert
+    from segnext_hub.conversion.converter import convert
     from segnext_hub.loading import load_folder
     from tests import factory
     from tests.parity.harness import parity_python

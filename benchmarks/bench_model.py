@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from segnext_hub import create_model  # noqa: E402
 from segnext_hub.models import get_variant  # noqa: E402
-from segnext_hub.models.fused import fuse  # noqa: E402
+from segnext_hub.models.fused.model import fuse  # noqa: E402
 from segnext_hub.models.random_init import randomize_  # noqa: E402
 
 TIMER = Path(__file__).with_name("mmseg_timer.py")

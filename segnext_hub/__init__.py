@@ -1,42 +1,49 @@
 """segnext-hub: every published SegNeXt checkpoint, usable in plain PyTorch.
 
-The public API: ``load``, ``create_model``, ``list_models``, ``pull``, ``convert``.
+The public API: ``load``, ``create_model``, ``list_models``, ``pull``, ``convert`` (and the
+``SegNeXt`` class, ``get_variant``). Each name is imported on first use, so that
+``import segnext_hub`` and the commands that need no model never pay for importing torch;
+the objects handed out are the real functions, with their real signatures and docstrings.
+
+Data flows one way through the subpackages: ``models`` <- ``conversion`` <- ``hub`` <-
+``loading`` <- ``tasks`` <- ``cli``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .models import SegNeXt, create_model, get_variant
+from ._version import __version__
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time these resolve lazily below
+    from .conversion.converter import convert
+    from .hub.pull import pull
+    from .hub.registry import list_models
+    from .loading import load
+    from .models import SegNeXt, create_model, get_variant
+
+_PUBLIC = {
+    "load": "segnext_hub.loading",
+    "pull": "segnext_hub.hub.pull",
+    "convert": "segnext_hub.conversion.converter",
+    "list_models": "segnext_hub.hub.registry",
+    "create_model": "segnext_hub.models",
+    "get_variant": "segnext_hub.models",
+    "SegNeXt": "segnext_hub.models",
+}
 
 __all__ = ["SegNeXt", "__version__", "convert", "create_model", "get_variant", "list_models", "load", "pull"]
 
 
-def load(name_or_path: Any, **kwargs: Any) -> Any:
-    """See :func:`segnext_hub.loading.load`."""
-    from .loading import load as _load
-
-    return _load(name_or_path, **kwargs)
-
-
-def pull(name: str, **kwargs: Any) -> Any:
-    """See :func:`segnext_hub.hub.pull`."""
-    from .hub import pull as _pull
-
-    return _pull(name, **kwargs)
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'segnext_hub' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
 
-def convert(src: Any, dst: Any, **kwargs: Any) -> Any:
-    """See :func:`segnext_hub.converter.convert`."""
-    from .converter import convert as _convert
-
-    return _convert(src, dst, **kwargs)
-
-
-def list_models() -> list[str]:
-    """Names of every published artifact (``segnext-hub list`` shows details)."""
-    from .registry import list_artifacts
-
-    return [artifact.name for artifact in list_artifacts()]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,5 +1,8 @@
 """``load``: one call from a name, a file or a Hub repo to an eval-mode model.
 
+``resolve`` is the one rule that tells a registry name from a path from an ``hf://`` repo;
+every command and function that takes "a name or a path" goes through it.
+
 Weights are read with safetensors straight into a model built on the meta device
 (``load_state_dict(assign=True)``), so loading allocates the weights once and never runs
 a random initialiser -- that is most of what makes a warm load fast.
@@ -9,7 +12,8 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -18,13 +22,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from .checkpoint import read_checkpoint
-from .converter import convert_checkpoint
+from .conversion.converter import convert_checkpoint
+from .conversion.reading import read_checkpoint
+from .conversion.verify import check_keys
 from .errors import BadInputError
+from .hub.config import CONFIG_FILE, MODEL_FILE, config_from_metadata, read_config
+from .hub.hf import download_repo
+from .hub.pull import pull
+from .hub.registry import get_artifact
 from .models import create_model
-from .verify import check_keys
-
-HF_SCHEME = "hf://"
 
 
 @functools.lru_cache(maxsize=16)
@@ -70,22 +76,13 @@ def build_from_config(config: dict[str, Any], state: dict[str, torch.Tensor], *,
     return model.eval()
 
 
-def _config_from_metadata(meta: dict[str, str]) -> Optional[dict[str, Any]]:
-    if meta.get("architecture") != "segnext" or meta.get("layout", "mmseg") != "mmseg":
-        return None
-    config: dict[str, Any] = {"variant": meta["variant"], "kind": meta.get("kind", "segmentor")}
-    if config["kind"] == "segmentor":
-        config.update(num_classes=int(meta["num_classes"]), md_r=int(meta["md_r"]),
-                      md_r_source=meta.get("md_r_source"), dataset=meta.get("dataset"))
-    return config
-
 
 def load_folder(folder: Path, **kwargs: Any) -> nn.Module:
     """A cache or Hub folder with model.safetensors + config.json."""
-    config_file, weights = folder / "config.json", folder / "model.safetensors"
+    config_file, weights = folder / CONFIG_FILE, folder / MODEL_FILE
     if not config_file.is_file() or not weights.is_file():
-        raise BadInputError(f"{folder} has no model.safetensors + config.json")
-    config = json.loads(config_file.read_text())
+        raise BadInputError(f"{folder} has no {MODEL_FILE} + {CONFIG_FILE}")
+    config = read_config(config_file)
     return build_from_config(config, load_file(weights), **kwargs)
 
 
@@ -99,7 +96,7 @@ def load_file_path(path: Path, **kwargs: Any) -> nn.Module:
                 meta = handle.metadata() or {}
         except Exception as err:  # noqa: BLE001 - any parse failure is bad input
             raise BadInputError(f"cannot read {path}: {err}".splitlines()[0]) from None
-        config = _config_from_metadata(meta)
+        config = config_from_metadata(meta)
         if config is not None:
             return build_from_config(config, load_file(str(path)), **kwargs)
     conversion = convert_checkpoint(read_checkpoint(path), md_r=kwargs.get("md_r"))
@@ -123,7 +120,7 @@ def load(name_or_path: Union[str, Path], *, device: Union[str, torch.device] = "
     model = _load_exact(name_or_path, device=device, dtype=dtype, md_r=md_r, progress=progress)
     if not fast:
         return model
-    from .models.fused import fuse
+    from .models.fused.model import fuse
 
     fused = fuse(model)
     fused.segnext_config = model.segnext_config
@@ -133,16 +130,54 @@ def load(name_or_path: Union[str, Path], *, device: Union[str, torch.device] = "
 def _load_exact(name_or_path: Union[str, Path], *, device: Union[str, torch.device], dtype: Optional[torch.dtype],
                 md_r: Optional[int], progress: Optional[bool]) -> nn.Module:
     kwargs = {"device": device, "dtype": dtype, "md_r": md_r}
-    text = str(name_or_path)
+    source = resolve(name_or_path)
+    if source.kind == "hf":
+        return load_folder(download_repo(source.name), **kwargs)
+    if source.kind == "path":
+        return load_file_path(source.path, **kwargs)
+    return load_folder(pull(source.name, progress=progress).path, **kwargs)
+
+
+HF_SCHEME = "hf://"
+_CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".pkl", ".bin", ".ckpt")
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a "name or path" argument designates: a registry ``name``, an ``hf`` repo
+    (``name`` is ``org/repo[@rev]``) or a local ``path`` (file or folder)."""
+
+    kind: str  # "registry" | "hf" | "path"
+    name: str
+    path: Optional[Path] = None
+
+
+def resolve(name_or_path: Union[str, Path]) -> Source:
+    """The one rule, documented in README ("Names and paths"):
+
+    * ``hf://org/repo[@revision]`` is a Hugging Face repo;
+    * a ``Path`` object, or text with a path separator, a leading ``.`` or ``~``, or a
+      checkpoint suffix, is a local path (``./mscan-t`` is the folder named mscan-t);
+    * any other text is a registry name, even where a file of that name exists, which is
+      then mentioned on stderr, so a local folder never silently shadows a published model.
+    """
+    if isinstance(name_or_path, Path):
+        return _local(name_or_path)
+    text = str(name_or_path).strip()
     if text.startswith(HF_SCHEME):
-        from .hf import download_repo
+        return Source("hf", text[len(HF_SCHEME):])
+    if (any(sep in text for sep in ("/", "\\")) or text.startswith((".", "~"))
+            or text.lower().endswith(_CHECKPOINT_SUFFIXES)):
+        return _local(Path(text))
+    artifact = get_artifact(text)  # unknown names: one line with "did you mean"
+    if Path(text).exists():
+        print(f"note: {text!r} is the registry artifact {artifact.name}; write ./{text} for the local "
+              "path of that name", file=sys.stderr)
+    return Source("registry", artifact.name)
 
-        return load_folder(download_repo(text[len(HF_SCHEME):]), **kwargs)
-    path = Path(text).expanduser()
-    if path.exists() or any(sep in text for sep in ("/", "\\")) or path.suffix:
-        if not path.exists():
-            raise BadInputError(f"{path}: no such file")
-        return load_file_path(path, **kwargs)
-    from .hub import pull
 
-    return load_folder(pull(text, progress=progress).path, **kwargs)
+def _local(path: Path) -> Source:
+    path = path.expanduser()
+    if not path.exists():
+        raise BadInputError(f"{path}: no such file or folder")
+    return Source("path", str(path), path)

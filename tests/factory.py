@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from segnext_hub import create_model
-from segnext_hub.keymap import load_key_map
+from segnext_hub.conversion.keymap import load_key_map
 from segnext_hub.models.random_init import randomize_
 
 _CACHE: dict = {}

@@ -10,10 +10,9 @@ from urllib.parse import urlsplit
 import pytest
 import torch
 
-from segnext_hub.registry import Artifact, get_artifact
-
-from . import factory
-from .http_server import LoopbackServer
+from segnext_hub.hub.registry import Artifact, get_artifact
+from tests import factory
+from tests.http_server import LoopbackServer
 
 
 def mirror_path(url: str) -> str:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from segnext_hub import cache
 from segnext_hub.errors import BadInputError
+from segnext_hub.hub import cache
 
 CACHE_VARS = ("SEGNEXT_HUB_CACHE", "HF_ASSETS_CACHE", "HF_HOME", "XDG_CACHE_HOME",
               "SEGNEXT_HUB_OFFLINE", "HF_HUB_OFFLINE")

@@ -20,8 +20,14 @@ import pytest
 import safetensors.torch
 import torch
 
-from segnext_hub import checkpoint as ckpt
-from segnext_hub.checkpoint import Checkpoint, Placeholder, read_checkpoint, write_pth, write_safetensors
+from segnext_hub.conversion import reading as ckpt
+from segnext_hub.conversion.reading import (
+    Checkpoint,
+    Placeholder,
+    read_checkpoint,
+    write_pth,
+    write_safetensors,
+)
 from segnext_hub.errors import BadInputError, UnsafePickleError
 from segnext_hub.fileio import sha256_file
 

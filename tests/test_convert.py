@@ -15,15 +15,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-import segnext_hub.converter as convert_module
+import segnext_hub.conversion.converter as convert_module
 from segnext_hub.cli.convert import main as convert_cli
-from segnext_hub.converter import convert
-from segnext_hub.errors import BadInputError, VerificationError
-from segnext_hub.keymap import KeyMap, Rule, load_key_map
-
-from . import factory
+from segnext_hub.conversion.converter import convert
+from segnext_hub.conversion.keymap import KeyMap, Rule, load_key_map
+from segnext_hub.errors import VerificationError
+from tests import factory
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +165,7 @@ def test_swapping_two_same_shaped_tensors_is_caught(tmp_path, t_state, monkeypat
 
 def test_tolerance_flag(tmp_path, t_state, monkeypatch):
     """Tiny numerical noise in the target fails the exact default but passes with --atol."""
-    from segnext_hub import verify as verify_module
+    from segnext_hub.conversion import verify as verify_module
     real = verify_module.load_into
 
     def noisy(model, tensors, layout):

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from segnext_hub.download import CHUNK, DownloadResult, download, mirror_url
 from segnext_hub.errors import BadInputError, DownloadError, OfflineError
+from segnext_hub.hub.download import CHUNK, DownloadResult, download, mirror_url
 from tests.http_server import http_server  # noqa: F401 - pytest fixture
 
 REPO = Path(__file__).resolve().parents[1]
@@ -367,7 +367,7 @@ import json, sys, types
 pkg = types.ModuleType("segnext_hub")
 pkg.__path__, pkg.__version__ = [sys.argv[3]], "test"
 sys.modules["segnext_hub"] = pkg
-from segnext_hub.download import download
+from segnext_hub.hub.download import download
 url, dest = sys.argv[1], sys.argv[2]
 print("ready", flush=True)
 sys.stdin.readline()

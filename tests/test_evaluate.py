@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from segnext_hub import evaluate as ev
 from segnext_hub.errors import BadInputError
-from segnext_hub.tta import TTA_RATIOS, predict_tta
+from segnext_hub.tasks import evaluate as ev
+from segnext_hub.tasks.tta import TTA_RATIOS, predict_tta
 
 ADE_SIZES = [(24, 32), (30, 20), (17, 29), (26, 26)]  # distinct: the fake model keys on size
 CITY_SIZES = [(16, 32), (20, 40)]

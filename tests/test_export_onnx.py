@@ -15,9 +15,9 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 from segnext_hub import create_model, get_variant  # noqa: E402
-from segnext_hub import export_onnx as ex  # noqa: E402
 from segnext_hub.errors import BadInputError, VerificationError  # noqa: E402
 from segnext_hub.models.random_init import randomize_  # noqa: E402
+from segnext_hub.tasks import export_onnx as ex  # noqa: E402
 
 FAST = "torchscript"  # ~1 s per export here; the default dynamo path gets one test of its own
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from segnext_hub import create_model
-from segnext_hub.models import fused as fused_module
-from segnext_hub.models import fused_ops
 from segnext_hub.models import NMF2D
-from segnext_hub.models.fused import FusedMSCAN, FusedSegNeXt, fuse
-from segnext_hub.models.fused_ops import nmf_multiplicative
+from segnext_hub.models.fused import model as fused_module
+from segnext_hub.models.fused import ops as fused_ops
+from segnext_hub.models.fused.model import FusedMSCAN, FusedSegNeXt, fuse
+from segnext_hub.models.fused.ops import nmf_multiplicative
 from segnext_hub.models.random_init import randomize_
 
 # The budget from the fast-path issue: fused fp32 vs exact on CPU.

@@ -21,18 +21,18 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import segnext_hub
-from segnext_hub import hf
 from segnext_hub.cli.hub import main as hub_cli
 from segnext_hub.errors import BadInputError, DownloadError, OfflineError
-from segnext_hub.hub import model_config
+from segnext_hub.hub import hf
+from segnext_hub.tasks import publish
+from segnext_hub.hub.config import make_config
+from segnext_hub.hub.registry import get_artifact
 from segnext_hub.loading import load_folder
 from segnext_hub.models import SegNeXt, create_model
-from segnext_hub.registry import get_artifact
-
-from . import factory
-from .fake_hf_hub import FakeHub
-from .http_server import LoopbackServer
-from .hub_fixtures import checkpoint_bytes, mirror_path, training_log
+from tests import factory
+from tests.fake_hf_hub import FakeHub
+from tests.http_server import LoopbackServer
+from tests.hub_fixtures import checkpoint_bytes, mirror_path, training_log
 
 TOKEN = "hf_test_write_token"
 REPO = "me/segnext-t"
@@ -114,7 +114,7 @@ def one_line(err: BaseException) -> str:
 
 
 def test_export_of_a_registry_artifact(world):
-    out = hf.export_folder("mscan-t", world.tmp / "export-t", repo_id=REPO)
+    out = publish.export_folder("mscan-t", world.tmp / "export-t", repo_id=REPO)
     assert {p.name for p in out.iterdir()} == EXPORT_FILES
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".export-t.")]  # no staging left
     cache = segnext_hub.pull("mscan-t").path
@@ -144,11 +144,11 @@ def test_export_of_a_registry_artifact(world):
 
 def test_export_of_a_local_checkpoint_converts_and_verifies(world):
     src = factory.write_official(world.tmp / "my_segnext.pth", source_state())
-    out = hf.export_folder(src, world.tmp / "export-local")
+    out = publish.export_folder(src, world.tmp / "export-local")
     assert {p.name for p in out.iterdir()} == EXPORT_FILES
     config = json.loads((out / "config.json").read_text())
-    schema = model_config(world.art, {"variant": "t", "kind": "segmentor", "num_classes": 150, "md_r": 16,
-                                      "sources": {}})
+    schema = make_config({"variant": "t", "kind": "segmentor", "num_classes": 150, "md_r": 16, "sources": {},
+                          "dataset": "ade20k", "layout": "official"}, name="x", artifact=world.art)
     assert config.keys() == schema.keys()
     assert (config["name"], config["source_layout"], config["md_r"], config["dataset"]) == \
         ("my_segnext", "official", 16, "ade20k")
@@ -164,19 +164,19 @@ def test_export_refuses_an_existing_folder_and_never_leaves_half_a_folder(world,
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(BadInputError, match="already exists") as err:
-        hf.export_folder("mscan-t", out)
+        publish.export_folder("mscan-t", out)
     one_line(err.value)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint at all")
     with pytest.raises(BadInputError) as err:
-        hf.export_folder(junk, out, force=True)
+        publish.export_folder(junk, out, force=True)
     one_line(err.value)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]  # failed export: old folder untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.pth", "out"]  # no staging folder left
 
-    hf.export_folder("mscan-t", out, force=True)
+    publish.export_folder("mscan-t", out, force=True)
     assert {p.name for p in out.iterdir()} == EXPORT_FILES
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.pth", "out"]  # old copy removed
 
@@ -186,7 +186,7 @@ def test_export_refuses_an_existing_folder_and_never_leaves_half_a_folder(world,
 
 def test_push_then_load_through_hf_round_trip(world, monkeypatch):
     hub = world.hub
-    url = hf.push("mscan-t", REPO, token=TOKEN)
+    url = publish.push("mscan-t", REPO, token=TOKEN)
     assert url == f"{hub.url}/{REPO}"
     pushed = hub.files(REPO)
     assert set(pushed) == EXPORT_FILES
@@ -204,9 +204,9 @@ def test_push_then_load_through_hf_round_trip(world, monkeypatch):
     assert (world.tmp / "hf-home" / "hub" / "models--me--segnext-t").is_dir()  # the temp HF cache
 
     # review flow: export, edit the card, push the folder; the edit is what gets published
-    reviewed = hf.export_folder("mscan-t", world.tmp / "reviewed", repo_id=REPO)
+    reviewed = publish.export_folder("mscan-t", world.tmp / "reviewed", repo_id=REPO)
     (reviewed / "README.md").write_text((reviewed / "README.md").read_text() + "\nReviewed by a human.\n")
-    hf.push(reviewed, REPO, token=TOKEN, commit_message="reviewed card")
+    publish.push(reviewed, REPO, token=TOKEN, commit_message="reviewed card")
     assert hub.repos[REPO].head != first_commit
     assert hub.files(REPO)["README.md"].endswith(b"Reviewed by a human.\n")
     newest = Path(hf.download_repo(REPO))
@@ -220,7 +220,7 @@ def test_push_then_load_through_hf_round_trip(world, monkeypatch):
         requests = len(hub.log)
         assert same_outputs(segnext_hub.load(f"hf://{REPO}"), model)
         with pytest.raises(OfflineError, match=var):
-            hf.push(reviewed, REPO, token=TOKEN)
+            publish.push(reviewed, REPO, token=TOKEN)
         assert len(hub.log) == requests
         monkeypatch.delenv(var)
 
@@ -268,15 +268,15 @@ def test_hub_errors_are_one_line(world, monkeypatch):
         hf.download_repo(f"me/half@{commit}")  # a pinned commit is fetched, then checked
 
     with pytest.raises(BadInputError) as err:
-        hf.push("mscan-t", "me/other", token="wrong-token")
+        publish.push("mscan-t", "me/other", token="wrong-token")
     assert "refused the credentials" in one_line(err.value) and "HTTP 401" in str(err.value)
     assert "me/other" not in hub.repos
 
-    broken = hf.export_folder("mscan-t", world.tmp / "broken-card", repo_id="me/other")
+    broken = publish.export_folder("mscan-t", world.tmp / "broken-card", repo_id="me/other")
     card = (broken / "README.md").read_text()
     (broken / "README.md").write_text(card.replace("tags:\n-", "tags: [oops\n-", 1))
     with pytest.raises(BadInputError) as err:
-        hf.push(broken, "me/other", token=TOKEN)
+        publish.push(broken, "me/other", token=TOKEN)
     assert "rejected the model card" in one_line(err.value)
 
     monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
@@ -284,7 +284,7 @@ def test_hub_errors_are_one_line(world, monkeypatch):
         segnext_hub.load("hf://me/anything")
     assert "could not be reached" in one_line(err.value)
     with pytest.raises(DownloadError) as err:
-        hf.push("mscan-t", "me/other", token=TOKEN)
+        publish.push("mscan-t", "me/other", token=TOKEN)
     assert "cannot reach" in one_line(err.value)
 
 

@@ -16,13 +16,12 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 import segnext_hub
-import segnext_hub.hub as hub_module
+import segnext_hub.hub.pull as hub_module
 from segnext_hub.cli.hub import main as hub_cli
 from segnext_hub.errors import BadInputError, DownloadError, OfflineError
 from segnext_hub.models import MSCAN, SegNeXt
-
-from . import factory
-from .hub_fixtures import checkpoint_bytes, mirror, mirror_path  # noqa: F401 - fixture
+from tests import factory
+from tests.hub_fixtures import checkpoint_bytes, mirror, mirror_path  # noqa: F401 - fixture
 
 
 def cli(*args: str):
@@ -61,7 +60,7 @@ def test_strict_makes_prefix_mismatch_fatal_and_leaves_nothing(mirror):
 
 
 def test_matching_prefix_and_pinned_sha256(mirror, monkeypatch):
-    data = checkpoint_bytes(segnext_hub.registry.get_artifact("mscan-t"))
+    data = checkpoint_bytes(segnext_hub.hub.registry.get_artifact("mscan-t"))
     digest = hashlib.sha256(data).hexdigest()
     mirror.serve("mscan-t", data)
     real = hub_module.get_artifact
@@ -83,7 +82,7 @@ def test_wrong_checkpoint_is_rejected_and_deleted(mirror):
 
 
 def test_wrong_size_is_rejected(mirror):
-    mirror.serve("mscan-s", checkpoint_bytes(segnext_hub.registry.get_artifact("mscan-t")))
+    mirror.serve("mscan-s", checkpoint_bytes(segnext_hub.hub.registry.get_artifact("mscan-t")))
     code, out = cli("pull", "-q", "mscan-s")
     assert code == 2 and "rejected" in out
 

@@ -7,8 +7,7 @@ from pathlib import Path
 import torch
 
 from segnext_hub.models import MSCAN, SegNeXt
-
-from .hub_fixtures import mirror  # noqa: F401 - fixture
+from tests.hub_fixtures import mirror  # noqa: F401 - fixture
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,9 +8,14 @@ import pytest
 import torch
 
 from segnext_hub import create_model
+from segnext_hub.conversion.keymap import (
+    available_key_maps,
+    find_state_dict,
+    load_key_map,
+    parse_key_map,
+)
+from segnext_hub.conversion.official_tree import build_official
 from segnext_hub.errors import BadInputError
-from segnext_hub.keymap import available_key_maps, find_state_dict, load_key_map, parse_key_map
-from segnext_hub.models.official import build_official
 
 VARIANTS = "tsbl"
 

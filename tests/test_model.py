@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from segnext_hub import create_model
-from segnext_hub.models import MSCAN, SegNeXt, get_variant
+from segnext_hub.models import MSCAN, get_variant
 from segnext_hub.models.random_init import randomize_
 
 KEY_COUNTS = {"t": 550, "s": 436, "b": 854, "l": 1500}
@@ -187,14 +187,14 @@ def test_predict_rejects_unknown_mode(tiny):
 
 
 def test_keep_ratio_resize_matches_mmcv_rule():
-    from segnext_hub.models.segnext import _keep_ratio_resize
+    from segnext_hub.models.preprocessing import keep_ratio_resize as _keep_ratio_resize
     img = torch.zeros(3, 375, 500)
     assert tuple(_keep_ratio_resize(img, (2048, 512)).shape) == (3, 512, 683)
     assert _keep_ratio_resize(torch.zeros(3, 512, 512), (2048, 512)).shape == (3, 512, 512)
 
 
 def test_opencv_compatible_resize_values():
-    from segnext_hub.models.image_resize import resize_like_opencv
+    from segnext_hub.models.preprocessing import resize_like_opencv
     flat = torch.full((3, 7, 9), 200)
     assert torch.equal(resize_like_opencv(flat, 13, 5), torch.full((3, 13, 5), 200.0))
     ramp = torch.arange(4).repeat(1, 1, 1).expand(1, 1, 4) * 10  # 0,10,20,30

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from segnext_hub.errors import BadInputError
-from segnext_hub.registry import (
+from segnext_hub.hub.registry import (
     expected_param_count,
     expected_shapes,
     get_artifact,

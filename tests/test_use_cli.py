@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +13,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from segnext_hub.cli.hub import main as hub_cli
-from segnext_hub.demo import sample_image
-
-from .hub_fixtures import mirror  # noqa: F401 - fixture
+from segnext_hub.tasks.demo import sample_image
+from tests.hub_fixtures import mirror  # noqa: F401 - fixture
 
 
 def cli(*args: str):
@@ -35,7 +33,7 @@ def test_predict_writes_masks_in_the_dataset_palette(mirror, tmp_path):
     color = np.array(Image.open(tmp_path / "out" / "photo_color.png"))
     assert classes.shape == (70, 90) and color.shape == (70, 90, 3)
     assert classes.max() < 150
-    from segnext_hub.palettes import get_palette
+    from segnext_hub.datasets import get_palette
     assert np.array_equal(color, get_palette("ade20k")[classes])
     assert np.array(Image.open(tmp_path / "out" / "rocket_overlay.png")).shape == (427, 640, 3)
     # the default seed makes runs repeatable
@@ -58,7 +56,7 @@ def test_predict_errors_are_one_line(mirror, tmp_path):
 
 def test_demo_runs_the_loopback_pipeline(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEGNEXT_HUB_")}
-    proc = subprocess.run([sys.executable, "-m", "segnext_hub.demo", "--out", str(tmp_path), "--loopback"],
+    proc = subprocess.run([sys.executable, "-m", "segnext_hub.tasks.demo", "--out", str(tmp_path), "--loopback"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "[loopback, random weights]" in proc.stdout and "conversion verified: True" in proc.stdout
@@ -68,7 +66,7 @@ def test_demo_runs_the_loopback_pipeline(tmp_path):
 
 
 def test_eval_cli_json_and_training_seed_default(mirror, tmp_path):
-    from .test_evaluate import make_ade
+    from tests.test_evaluate import make_ade
 
     make_ade(tmp_path / "data", np.random.default_rng(0), sizes=[(40, 52), (36, 30)])
     mirror.serve("mscan-t")
@@ -85,8 +83,8 @@ def test_eval_cli_json_and_training_seed_default(mirror, tmp_path):
 
 def test_export_cli_checks_onnxruntime(tmp_path):
     pytest.importorskip("onnxruntime")
-    from segnext_hub.converter import convert
-    from . import factory
+    from segnext_hub.conversion.converter import convert
+    from tests import factory
 
     factory.write_mmseg(tmp_path / "t.pth", factory.mmseg_state("t", seed=0))
     convert(tmp_path / "t.pth", tmp_path / "t.safetensors", verify=False)
@@ -102,7 +100,7 @@ def test_export_cli_checks_onnxruntime(tmp_path):
 
 def test_predict_fast_agrees_with_exact(mirror, tmp_path):
     import segnext_hub
-    from segnext_hub.models.fused import FusedSegNeXt
+    from segnext_hub.models.fused.model import FusedSegNeXt
 
     mirror.serve("mscan-t")
     assert isinstance(segnext_hub.load("mscan-t", fast=True), FusedSegNeXt)

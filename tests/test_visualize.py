@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from segnext_hub import palettes
+from segnext_hub import datasets as palettes
 from segnext_hub.errors import BadInputError
-from segnext_hub.visualize import colorize, overlay, save_outputs
+from segnext_hub.tasks.visualize import colorize, overlay, save_outputs
 
 MMSEG_DATASETS = Path(__file__).resolve().parents[1] / ".venv-parity/lib/python3.11/site-packages/mmseg/datasets"
 

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .. import __version__
+from .._version import __version__
 from .common import command_options
 
 
@@ -47,7 +47,7 @@ def main(src: str, dst: str, from_layout: str, to: str, variant: str, num_classe
       segnext-convert mscan_b.pth mscan-b.safetensors --from official --md-r 64
       segnext-convert model.safetensors official.pth --to official
     """
-    from ..converter import convert
+    from ..conversion.converter import convert
 
     report = convert(src, dst, from_layout=from_layout, to=to, variant=variant, num_classes=num_classes,
                      md_r=md_r, verify=not no_verify, atol=atol, force=force)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .. import __version__
+from .._version import __version__
+from . import cache_commands, push_command, use_commands
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,15 +18,13 @@ def main() -> None:
     """
 
 
-def _register() -> None:
-    """Import every ``cmd_*.py`` beside this file; each adds its commands to ``main``."""
-    import importlib
-    import pkgutil
-    from pathlib import Path
+# Registered explicitly, in the order `--help` lists them.
+for _command in (
+    cache_commands.list_command, cache_commands.pull, cache_commands.info, cache_commands.path,
+    cache_commands.verify, cache_commands.rm, cache_commands.log,
+    use_commands.predict, use_commands.eval_command, use_commands.export, push_command.push,
+):
+    main.add_command(_command)
 
-    for info in sorted(pkgutil.iter_modules([str(Path(__file__).parent)]), key=lambda i: i.name):
-        if info.name.startswith("cmd_"):
-            importlib.import_module(f"{__package__}.{info.name}")
-
-
-_register()
+if __name__ == "__main__":
+    main()

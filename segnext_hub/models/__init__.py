@@ -6,7 +6,9 @@ Nothing here imports from the rest of segnext_hub.
 from .factory import build_backbone, create_model
 from .ham_head import NMF2D, Hamburger, LightHamHead
 from .mscan import MSCAN
-from .segnext import MEAN_RGB, STD_RGB, Prediction, SegNeXt
+from .predict import Prediction
+from .preprocessing import MEAN_RGB, STD_RGB
+from .segnext import SegNeXt
 from .variants import VARIANTS, Variant, get_variant
 
 __all__ = [

@@ -29,9 +29,9 @@ class _MissingCompiledOps(types.ModuleType):
 
 sys.modules.setdefault("mmcv._ext", _MissingCompiledOps("mmcv._ext"))
 
+import mmseg  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import mmseg  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmseg.utils import register_all_modules  # noqa: E402
 

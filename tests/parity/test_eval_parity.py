@@ -14,10 +14,9 @@ import torch
 from PIL import Image
 
 from segnext_hub import create_model
-from segnext_hub import evaluate as ev
 from segnext_hub.models.random_init import randomize_
-
-from .harness import require_parity_env
+from segnext_hub.tasks import evaluate as ev
+from tests.parity.harness import require_parity_env
 
 pytestmark = [pytest.mark.parity, pytest.mark.usefixtures("one_torch_thread")]
 

@@ -8,8 +8,7 @@ import torch
 
 from segnext_hub import create_model
 from segnext_hub.models.random_init import randomize_
-
-from .harness import require_parity_env, run_mmseg
+from tests.parity.harness import require_parity_env, run_mmseg
 
 pytestmark = pytest.mark.parity
 
@@ -94,9 +93,8 @@ def test_predict_whole_matches_mmseg_inference(tmp_path):
 def test_converted_pth_loads_in_mmseg_init_model(tmp_path):
     """segnext-convert's .pth output is an MMSeg checkpoint: init_model reads it as is."""
     require_parity_env()
-    from segnext_hub.converter import convert
-
-    from .. import factory
+    from segnext_hub.conversion.converter import convert
+    from tests import factory
 
     state = factory.mmseg_state("t", seed=9, md_r=16)
     src = factory.write_official(tmp_path / "official.pth", state, md_r=16)

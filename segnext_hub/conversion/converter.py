@@ -10,13 +10,19 @@ from typing import Any, Optional, Union
 
 import torch
 
-from . import __version__
-from .checkpoint import Checkpoint, read_checkpoint, write_pth, write_safetensors
+from .._version import __version__
+from ..errors import BadInputError, VerificationError
+from ..fileio import check_destination as check_writable
 from .detect import Detection, detect
-from .errors import BadInputError, VerificationError
-from .fileio import check_destination as check_writable
 from .keymap import KeyMap, MappingResult, find_state_dict, load_key_map
-from .verify import VerificationReport, build_for_layout, check_keys, compare_models, load_into
+from .reading import Checkpoint, read_checkpoint, write_pth, write_safetensors
+from .verify import (
+    VerificationReport,
+    build_for_layout,
+    check_keys,
+    compare_models,
+    load_into,
+)
 
 TARGETS = ("mmseg", "official")
 OUTPUT_SUFFIXES = (".safetensors", ".pth", ".pt")
@@ -199,7 +205,7 @@ def write_output(conv: Conversion, dst: Union[str, Path], *, force: bool = False
 
 def _dataset_meta(dataset: Optional[str], num_classes: int) -> dict[str, list]:
     """Classes and palette for MMSeg's ``init_model`` (it reads them unguarded)."""
-    from .palettes import get_dataset, guess_dataset, palette_for
+    from ..datasets import get_dataset, guess_dataset, palette_for
 
     info = get_dataset(dataset) if dataset else guess_dataset(num_classes)
     if info is not None and info.num_classes == num_classes:

@@ -24,9 +24,9 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .errors import BadInputError
+from ..datasets import get_dataset
+from ..errors import BadInputError
 from .metrics import IGNORE_INDEX, IoUAccumulator, two_places
-from .palettes import get_dataset
 from .tta import REFERENCES, TTA_RATIOS, predict_tta
 
 PathLike = Union[str, "os.PathLike[str]"]

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ham_head import NMF_EPS
+from ..ham_head import NMF_EPS
 
 # oneDNN's post-op names, and the algorithm argument that selects the exact (erf) GELU.
 _POST_OPS = {None: ("none", ""), "gelu": ("gelu", "none"), "relu": ("relu", "")}

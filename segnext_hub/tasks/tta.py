@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import BadInputError
-from .models.image_resize import resize_like_opencv
+from ..errors import BadInputError
+from ..models.preprocessing import resize_like_opencv
 
 TTA_RATIOS: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 REFERENCES = ("image", "test_scale")

@@ -9,10 +9,11 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from .errors import BadInputError
+from ..datasets import palette_for
+from ..errors import BadInputError
 from .evaluate import LAYOUTS, load_image
-from .palettes import palette_for
 from .visualize import save_outputs
+
 
 def test_settings(model: Any, mode: Optional[str] = None) -> dict[str, Any]:
     """predict() keyword arguments from the model's config (test mode, resize, crop, stride)."""

@@ -21,17 +21,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from . import __version__
-from .cache import artifact_dir, artifact_lock, is_offline, offline_variable, read_manifest, write_manifest
-from .checkpoint import read_checkpoint
-from .converter import convert_checkpoint, write_output
+from .._version import __version__
+from ..conversion.converter import convert_checkpoint, write_output
+from ..conversion.reading import read_checkpoint
+from ..errors import BadInputError, DownloadError, OfflineError, SegnextHubError
+from ..fileio import atomic_write_bytes, sha256_file
+from .cache import (
+    artifact_dir,
+    artifact_lock,
+    cache_root,
+    is_offline,
+    offline_variable,
+    read_manifest,
+    write_manifest,
+)
+from .config import CONFIG_FILE, MODEL_FILE, make_config
 from .download import download
-from .errors import BadInputError, DownloadError, OfflineError, SegnextHubError
-from .fileio import atomic_write_bytes, sha256_file
 from .registry import Artifact, get_artifact
 
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 MANIFEST_VERSION = 1
 
 
@@ -54,27 +61,6 @@ def cached_manifest(name: str) -> Optional[dict[str, Any]]:
         return None
     return manifest
 
-
-def model_config(art: Artifact, detection: dict[str, Any]) -> dict[str, Any]:
-    """Everything ``load``/``predict`` need, independent of the registry version."""
-    return {
-        "architecture": "segnext",
-        "name": art.name,
-        "variant": detection["variant"],
-        "kind": detection["kind"],
-        "num_classes": detection["num_classes"],
-        "md_r": detection["md_r"],
-        "md_r_source": detection["sources"].get("md_r"),
-        "dataset": art.dataset,
-        "test_mode": art.test_mode,
-        "resize_scale": list(art.resize_scale) if art.resize_scale else None,
-        "test_crop_size": list(art.test_crop_size) if art.test_crop_size else None,
-        "test_stride": list(art.test_stride) if art.test_stride else None,
-        "source_layout": art.layout,
-        "source_url": art.url,
-        "license": art.license,
-        "segnext_hub_version": __version__,
-    }
 
 
 def _check_hash(art: Artifact, measured: str, strict: bool) -> tuple[str, Optional[str]]:
@@ -139,7 +125,7 @@ def _pull_locked(art: Artifact, folder: Path, *, strict: bool, progress: Optiona
         print(f"warning: {warning}", file=sys.stderr)
     model_sha = write_output(conversion, folder / MODEL_FILE, force=True)
     detection = conversion.detection.to_dict()
-    atomic_write_bytes(folder / CONFIG_FILE, json.dumps(model_config(art, detection), indent=2).encode(),
+    atomic_write_bytes(folder / CONFIG_FILE, json.dumps(make_config(detection, name=art.name, artifact=art), indent=2).encode(),
                        force=True)
     log_file, log_error = _fetch_log(art, folder, progress)
     manifest = {
@@ -197,8 +183,6 @@ def verify_cached(name: str) -> list[str]:
 
 
 def cached_names() -> list[str]:
-    from .cache import cache_root
-
     root = cache_root()
     if not root.is_dir():
         return []

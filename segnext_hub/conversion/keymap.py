@@ -19,7 +19,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 import yaml
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 KEY_MAP_PACKAGE = "segnext_hub.key_maps"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")

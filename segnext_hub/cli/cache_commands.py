@@ -8,21 +8,20 @@ from typing import Optional
 import click
 
 from .common import command_options
-from .hub import main
 
 
 def _mib(size: Optional[int]) -> str:
     return f"{size / 2**20:.0f} MiB" if size else "-"
 
 
-@main.command("list")
+@click.command("list")
 @click.option("--cached", is_flag=True, help="Only artifacts already in the cache.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @command_options
 def list_command(cached: bool, as_json: bool) -> None:
     """Every published SegNeXt artifact: name, dataset, mIoU, parameters, cached or not."""
-    from ..hub import cached_manifest
-    from ..registry import expected_param_count, list_artifacts
+    from ..hub.pull import cached_manifest
+    from ..hub.registry import expected_param_count, list_artifacts
 
     rows = []
     for art in list_artifacts():
@@ -43,7 +42,7 @@ def list_command(cached: bool, as_json: bool) -> None:
                    f"{row['source']:<9} {'yes' if row['cached'] else ''}")
 
 
-@main.command()
+@click.command()
 @click.argument("names", nargs=-1, required=True)
 @click.option("--strict", is_flag=True, help="A file-name hash prefix mismatch is fatal (default: warning).")
 @click.option("--force", is_flag=True, help="Download and convert again even if cached.")
@@ -55,22 +54,22 @@ def pull(names: tuple[str, ...], strict: bool, force: bool, quiet: bool) -> None
     A cached name returns at once without touching the network. Interrupted downloads
     resume on the next pull. Set SEGNEXT_HUB_MIRROR to fetch through a mirror.
     """
-    from ..hub import pull as pull_artifact
+    from ..hub.pull import pull as pull_artifact
 
     for name in names:
         result = pull_artifact(name, strict=strict, force=force, progress=False if quiet else None)
         click.echo(str(result.path))
 
 
-@main.command()
+@click.command()
 @click.argument("name")
 @command_options
 def path(name: str) -> None:
     """Print the cache folder of NAME (exit 2 if it is not cached)."""
     from ..errors import BadInputError
-    from ..hub import cached_manifest
-    from ..cache import artifact_dir
-    from ..registry import get_artifact
+    from ..hub.cache import artifact_dir
+    from ..hub.pull import cached_manifest
+    from ..hub.registry import get_artifact
 
     art = get_artifact(name)
     if cached_manifest(art.name) is None:
@@ -78,7 +77,7 @@ def path(name: str) -> None:
     click.echo(str(artifact_dir(art.name)))
 
 
-@main.command()
+@click.command()
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @command_options
@@ -86,9 +85,9 @@ def info(name: str, as_json: bool) -> None:
     """Registry entry, cache state, hash status and training-log summary of NAME."""
     import dataclasses
 
-    from ..cache import artifact_dir
-    from ..hub import cached_manifest
-    from ..registry import get_artifact
+    from ..hub.cache import artifact_dir
+    from ..hub.pull import cached_manifest
+    from ..hub.registry import get_artifact
 
     art = get_artifact(name)
     manifest = cached_manifest(art.name)
@@ -124,7 +123,7 @@ def info(name: str, as_json: bool) -> None:
                        f"final {log.get('final_miou')}, seed {log.get('seed')}, MD_R {log.get('md_r')}")
 
 
-@main.command()
+@click.command()
 @click.argument("names", nargs=-1)
 @command_options
 def verify(names: tuple[str, ...]) -> None:
@@ -134,8 +133,8 @@ def verify(names: tuple[str, ...]) -> None:
     """
     import sys
 
-    from ..hub import cached_names, verify_cached
-    from ..registry import get_artifact
+    from ..hub.pull import cached_names, verify_cached
+    from ..hub.registry import get_artifact
 
     targets = [get_artifact(n).name for n in names] or cached_names()
     problems = []
@@ -149,20 +148,20 @@ def verify(names: tuple[str, ...]) -> None:
         sys.exit(1)
 
 
-@main.command()
+@click.command()
 @click.argument("names", nargs=-1, required=True)
 @command_options
 def rm(names: tuple[str, ...]) -> None:
     """Remove NAMES from the cache."""
-    from ..cache import remove_artifact
-    from ..registry import get_artifact
+    from ..hub.cache import remove_artifact
+    from ..hub.registry import get_artifact
 
     for name in names:
         art = get_artifact(name)
         click.echo(f"{art.name}: {'removed' if remove_artifact(art.name) else 'was not cached'}")
 
 
-@main.command()
+@click.command()
 @click.argument("name_or_file")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write loss/mIoU curves to a PNG.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -179,7 +178,7 @@ def log(name_or_file: str, plot_path: Optional[str], as_json: bool) -> None:
 
     path = Path(name_or_file)
     if not path.exists():
-        from ..hub import pull as pull_artifact
+        from ..hub.pull import pull as pull_artifact
 
         result = pull_artifact(name_or_file)
         log_file = result.manifest.get("log_file")

@@ -1,165 +1,45 @@
-"""Hugging Face Hub: export a Hub-ready folder, push it, and read ``hf://org/repo`` back.
+"""Publishing on the Hugging Face Hub: a Hub-ready folder (weights, config, model card) and push.
 
-A Hub repo written here holds exactly what a cache folder's loader needs
-(``model.safetensors`` with MMSeg names + ``config.json``, the same schema as the cache)
-plus a model card, so ``load("hf://org/repo")`` and ``load("mscan-t")`` build the same
-model from the same bytes.
-
-Every environment variable (``HF_ENDPOINT``, ``HF_HUB_CACHE``/``HF_HOME``, offline
-switches) is read at call time: ``huggingface_hub.constants`` freezes them at import, which
-would make a long-lived process or a test ignore later changes.
+Everything published is verified first: registry names come from the cache (hash
+re-checked), local checkpoints are converted with verification on, folders are checked by
+building the model. The folder is built beside its destination and renamed into place.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Optional, Union
 
-from . import __version__
-from .cache import is_offline, offline_variable
-from .errors import BadInputError, DownloadError, OfflineError, SegnextHubError
+from .._version import __version__
+from ..conversion.converter import convert_checkpoint, write_output
+from ..conversion.reading import read_checkpoint
+from ..errors import BadInputError, OfflineError
+from ..hub.config import (
+    CARD_FILE,
+    CONFIG_FILE,
+    MODEL_FILE,
+    REPO_FILES,
+    make_config,
+    read_config,
+    recorded_md_r,
+)
+from ..hub.hf import _hub_errors, _offline_reason, check_repo_id, hub_endpoint
+from ..hub.pull import pull
+from ..hub.registry import get_artifact
+from ..loading import load_folder, resolve
 
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-CARD_FILE = "README.md"
-REPO_FILES = (MODEL_FILE, CONFIG_FILE, CARD_FILE)
-DEFAULT_ENDPOINT = "https://huggingface.co"
 PLACEHOLDER_REPO = "ORG/NAME"
-_REPO_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
-_TRUTHY = {"1", "true", "yes", "on"}
 _DATASET_TITLES = {"ade20k": "ADE20K", "cityscapes": "Cityscapes", "isaid": "iSAID", "imagenet": "ImageNet-1k"}
 _CHUNK = 1 << 20
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-# --------------------------------------------------------------------------- settings
-
-
-def hub_endpoint(endpoint: Optional[str] = None) -> str:
-    """The explicit endpoint, else ``$HF_ENDPOINT``, else huggingface.co (no trailing /)."""
-    value = (endpoint or os.environ.get("HF_ENDPOINT", "").strip() or DEFAULT_ENDPOINT).rstrip("/")
-    if not value.startswith(("http://", "https://")):
-        raise BadInputError(f"Hub endpoint must be an http(s) URL, got {value!r}")
-    return value
-
-
-def hf_hub_cache() -> Path:
-    """Where huggingface_hub keeps downloaded repos, resolved as it resolves it, but now.
-
-    ``$HF_HUB_CACHE``, else ``$HUGGINGFACE_HUB_CACHE``, else ``$HF_HOME/hub``, else
-    ``${XDG_CACHE_HOME:-~/.cache}/huggingface/hub``.
-    """
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if value := os.environ.get(var, "").strip():
-            return Path(value).expanduser()
-    if home := os.environ.get("HF_HOME", "").strip():
-        return Path(home).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip() or "~/.cache"
-    return Path(xdg).expanduser() / "huggingface" / "hub"
-
-
-def _offline_reason() -> Optional[str]:
-    """Which switch turned the network off, ours or huggingface_hub's frozen one."""
-    if is_offline():
-        return offline_variable()
-    try:
-        from huggingface_hub import constants
-
-        return "HF_HUB_OFFLINE (set when huggingface_hub was imported)" if constants.is_offline_mode() else None
-    except (ImportError, AttributeError):
-        return None
-
-
-def parse_repo_spec(spec: str) -> tuple[str, Optional[str]]:
-    """``org/name`` or ``org/name@revision`` -> (repo id, revision or None)."""
-    text = spec.strip()
-    if text.startswith("hf://"):
-        text = text[len("hf://"):]
-    repo_id, _, revision = text.partition("@")
-    check_repo_id(repo_id)
-    if "@" in text and not revision.strip():
-        raise BadInputError(f"hf://{text}: empty revision after '@'")
-    return repo_id, revision.strip() or None
-
-
-def check_repo_id(repo_id: str) -> str:
-    """Refuse anything but ``org/name`` before it reaches a URL."""
-    if not isinstance(repo_id, str) or not _REPO_RE.fullmatch(repo_id) or ".." in repo_id:
-        raise BadInputError(f"invalid Hub repo {repo_id!r}: expected ORG/NAME (letters, digits, . _ -)")
-    return repo_id
-
-
-# --------------------------------------------------------------------------- errors
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
-
-
-def _server_message(err: BaseException) -> str:
-    """The Hub's own explanation (X-Error-Message / JSON 'error'), else the first line."""
-    server = getattr(err, "server_message", None)
-    if server and str(server).strip():
-        return str(server).strip().splitlines()[0]
-    return _first_line(err)
-
-
-def _is_network_error(err: BaseException) -> bool:
-    """Connection failures from whichever HTTP client this huggingface_hub uses."""
-    if isinstance(err, (ConnectionError, TimeoutError)):
-        return True
-    module = type(err).__module__.split(".")[0]
-    return module in ("httpx", "httpx2", "requests", "urllib3")
-
-
-@contextlib.contextmanager
-def _hub_errors(what: str, endpoint: str) -> Iterator[None]:
-    """huggingface_hub's multi-line exceptions -> our one-line errors with a next step."""
-    from huggingface_hub import errors as hf
-
-    try:
-        yield
-    except SegnextHubError:
-        raise
-    except hf.OfflineModeIsEnabled:
-        raise OfflineError(f"{what}: offline mode is on ({_offline_reason() or 'HF_HUB_OFFLINE'})") from None
-    except hf.GatedRepoError as err:
-        raise BadInputError(f"{what}: the repo is gated on {endpoint}; accept its terms and pass a token "
-                            f"({_server_message(err)})") from None
-    except hf.RepositoryNotFoundError:
-        raise BadInputError(f"{what}: repository not found on {endpoint} (or it is private: set HF_TOKEN "
-                            "or pass --token)") from None
-    except hf.RevisionNotFoundError:
-        raise BadInputError(f"{what}: no such revision on {endpoint}") from None
-    except hf.RemoteEntryNotFoundError as err:
-        raise BadInputError(f"{what}: file not found on {endpoint} ({_server_message(err)})") from None
-    except hf.HfHubHTTPError as err:
-        status = err.response.status_code if getattr(err, "response", None) is not None else None
-        if status in (401, 403):
-            raise BadInputError(f"{what}: {endpoint} refused the credentials (HTTP {status}: "
-                                f"{_server_message(err)}); pass --token or set HF_TOKEN with write access") from None
-        raise DownloadError(f"{what}: HTTP {status} from {endpoint}: {_server_message(err)}") from None
-    except ValueError as err:
-        if "metadata in README.md" in str(err):  # the Hub's card validation
-            raise BadInputError(f"{what}: the Hub rejected the model card: "
-                                f"{' '.join(str(err).split())}") from None
-        raise
-    except Exception as err:  # noqa: BLE001 - network errors come from several client libraries
-        if _is_network_error(err):
-            raise DownloadError(f"{what}: cannot reach {endpoint}: {_first_line(err)}") from None
-        raise
 
 
 # --------------------------------------------------------------------------- export
@@ -177,11 +57,6 @@ class _Staged:
     card_given: bool = False  # a reviewed README.md came with the source folder
 
 
-def _is_path(text: str) -> bool:
-    """The same rule as ``load``: an existing path, a separator or a suffix means a path."""
-    return Path(text).expanduser().exists() or any(sep in text for sep in ("/", "\\")) or bool(Path(text).suffix)
-
-
 def _copy_hashing(src: Path, dst: Path) -> str:
     digest = hashlib.sha256()
     with open(src, "rb") as reader, open(dst, "wb") as writer:
@@ -194,9 +69,6 @@ def _copy_hashing(src: Path, dst: Path) -> str:
 def _stage_registry(name: str, staging: Path) -> _Staged:
     """Pull into the cache (no network when cached), then copy, re-checking the hash so a
     corrupted cache file is never published."""
-    from .hub import pull
-    from .registry import get_artifact
-
     result = pull(name)
     model_sha = _copy_hashing(result.path / MODEL_FILE, staging / MODEL_FILE)
     recorded = result.manifest.get("model_sha256")
@@ -204,51 +76,18 @@ def _stage_registry(name: str, staging: Path) -> _Staged:
         raise BadInputError(f"{result.name}: cached {MODEL_FILE} does not match its recorded sha256; "
                             f"run: segnext-hub pull --force {result.name}")
     shutil.copyfile(result.path / CONFIG_FILE, staging / CONFIG_FILE)
-    config = json.loads((staging / CONFIG_FILE).read_text(encoding="utf-8"))
+    config = read_config(staging / CONFIG_FILE)
     return _Staged(config, get_artifact(result.name), result.manifest,
                    result.manifest.get("conversion") or {}, model_sha)
 
 
-def local_config(detection: dict[str, Any], name: str) -> dict[str, Any]:
-    """``hub.model_config``'s schema for a file no registry entry describes."""
-    return {
-        "architecture": "segnext",
-        "name": name,
-        "variant": detection["variant"],
-        "kind": detection["kind"],
-        "num_classes": detection["num_classes"],
-        "md_r": detection["md_r"],
-        "md_r_source": detection["sources"].get("md_r"),
-        "dataset": detection["dataset"],
-        "test_mode": None,
-        "resize_scale": None,
-        "test_crop_size": None,
-        "test_stride": None,
-        "source_layout": detection["layout"],
-        "source_url": None,
-        "license": None,
-        "segnext_hub_version": __version__,
-    }
-
-
-def _recorded_md_r(metadata: dict[str, str]) -> tuple[Optional[int], Optional[str]]:
-    """A segnext-hub safetensors keeps its MD_R in the header; keep it rather than guess."""
-    if metadata.get("architecture") != "segnext" or not str(metadata.get("md_r", "")).isdigit():
-        return None, None
-    source = metadata.get("md_r_source") or "unknown"
-    return int(metadata["md_r"]), f"safetensors metadata: {source}"
-
-
 def _stage_file(path: Path, staging: Path) -> _Staged:
     """Convert with verification on: nothing unverified is ever published."""
-    from .checkpoint import read_checkpoint
-    from .converter import convert_checkpoint, write_output
-
     checkpoint = read_checkpoint(path)
-    md_r, md_r_source = _recorded_md_r(checkpoint.metadata or {})
+    md_r, md_r_source = recorded_md_r(checkpoint.metadata or {})
     conversion = convert_checkpoint(checkpoint, md_r=md_r, md_r_source=md_r_source, verify=True)
     model_sha = write_output(conversion, staging / MODEL_FILE)
-    config = local_config(conversion.detection.to_dict(), path.stem)
+    config = make_config(conversion.detection.to_dict(), name=path.stem)
     (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
     return _Staged(config, conversion=conversion.report.to_dict(), model_sha256=model_sha)
 
@@ -256,12 +95,10 @@ def _stage_file(path: Path, staging: Path) -> _Staged:
 def _stage_folder(folder: Path, staging: Path) -> _Staged:
     """An exported (maybe hand-edited) or cache folder: checked by building the model, and
     its README.md kept, so that ``push DIR`` publishes what was reviewed."""
-    from .loading import load_folder
-
     load_folder(folder)  # raises BadInputError when the weights do not fit the config
     model_sha = _copy_hashing(folder / MODEL_FILE, staging / MODEL_FILE)
     shutil.copyfile(folder / CONFIG_FILE, staging / CONFIG_FILE)
-    config = json.loads((staging / CONFIG_FILE).read_text(encoding="utf-8"))
+    config = read_config(staging / CONFIG_FILE)
     manifest = _read_json(folder / "manifest.json")
     staged = _Staged(config, _registry_match(config), manifest, manifest.get("conversion") or {}, model_sha)
     if (folder / CARD_FILE).is_file():
@@ -280,8 +117,6 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _registry_match(config: dict[str, Any]) -> Any:
     """The registry entry a folder came from, when its config names it and its URL agrees."""
-    from .registry import get_artifact
-
     try:
         art = get_artifact(str(config.get("name") or ""))
     except BadInputError:
@@ -290,10 +125,12 @@ def _registry_match(config: dict[str, Any]) -> Any:
 
 
 def _stage(name_or_path: Union[str, PathLike], staging: Path) -> _Staged:
-    text = str(name_or_path)
-    if not _is_path(text):
-        return _stage_registry(text, staging)
-    path = Path(text).expanduser()
+    source = resolve(name_or_path)
+    if source.kind == "registry":
+        return _stage_registry(source.name, staging)
+    if source.kind == "hf":
+        raise BadInputError(f"{source.name}: push or export a local file, folder or registry name, not an hf:// repo")
+    path = source.path
     if path.is_dir():
         if not (path / MODEL_FILE).is_file() or not (path / CONFIG_FILE).is_file():
             raise BadInputError(f"{path}: a folder to export needs {MODEL_FILE} + {CONFIG_FILE}")
@@ -521,7 +358,7 @@ def model_card(config: dict[str, Any], repo_id: str, *, artifact: Any = None,
     title = f"# SegNeXt-{str(config['variant']).upper()} {what}"
     if artifact is not None:
         title += f" (`{artifact.name}`)"
-    intro = ["", f"SegNeXt weights with MMSegmentation 1.x parameter names, for "
+    intro = ["", "SegNeXt weights with MMSegmentation 1.x parameter names, for "
                  "[segnext-hub](https://pypi.org/project/segnext-hub/) (plain PyTorch; no mmcv/mmseg needed).", ""]
     body = ([title] + intro + _usage_section(config, repo_id) + _metrics_section(artifact)
             + _md_r_section(config, artifact, repo_id) + _seed_section(config)
@@ -562,45 +399,3 @@ def push(name_or_path: Union[str, PathLike], repo_id: str, *, private: bool = Fa
                               commit_message=commit_message or f"Upload {Path(str(name_or_path)).name} "
                                                                f"with segnext-hub {__version__}")
     return str(repo_url)
-
-
-def download_repo(spec: str, *, endpoint: Optional[str] = None, token: Optional[str] = None) -> Path:
-    """The local snapshot folder of ``org/name[@revision]`` (files are downloaded once and
-    then served from the Hugging Face cache; offline, only the cache is used)."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub import errors as hf
-
-    repo_id, revision = parse_repo_spec(spec)
-    url = hub_endpoint(endpoint)
-    cache = hf_hub_cache()
-    offline = _offline_reason()
-    where = f"hf://{spec.strip()}"
-    try:
-        with _hub_errors(where, url):
-            folder = snapshot_download(repo_id, revision=revision, allow_patterns=list(REPO_FILES),
-                                       endpoint=url, cache_dir=str(cache), token=token,
-                                       local_files_only=offline is not None)
-    except hf.LocalEntryNotFoundError as err:
-        if offline is not None:
-            raise OfflineError(f"{where} is not in the local Hugging Face cache ({cache}) and {offline} is "
-                               "set; load it once while online") from None
-        raise DownloadError(f"{where}: {url} could not be reached or refused the request, and the repo is not "
-                            f"in the local Hugging Face cache ({cache}): {_cause_line(err)}") from None
-    return _check_snapshot(Path(folder), where)
-
-
-def _cause_line(err: BaseException) -> str:
-    cause = err.__cause__ or err.__context__
-    return _first_line(cause) if cause is not None else _first_line(err)
-
-
-def _check_snapshot(folder: Path, where: str) -> Path:
-    missing = [name for name in (MODEL_FILE, CONFIG_FILE) if not (folder / name).is_file()]
-    if missing:
-        raise BadInputError(f"{where} has no {' or '.join(missing)}: not a segnext-hub export "
-                            "(publish one with `segnext-hub push`)")
-    config = _read_json(folder / CONFIG_FILE)
-    if config.get("architecture") != "segnext":
-        raise BadInputError(f"{where}: {CONFIG_FILE} does not describe a SegNeXt (architecture "
-                            f"{config.get('architecture')!r})")
-    return folder

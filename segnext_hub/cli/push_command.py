@@ -7,10 +7,9 @@ from typing import Optional
 import click
 
 from .common import command_options
-from .hub import main
 
 
-@main.command()
+@click.command()
 @click.argument("name_or_path")
 @click.option("--repo", "repo_id", metavar="ORG/NAME",
               help="Target Hub repo, created if missing. Required unless --folder-only.")
@@ -47,7 +46,8 @@ def push(name_or_path: str, repo_id: Optional[str], private: bool, token: Option
     error (one line on stderr; --debug shows the traceback).
     """
     from ..errors import BadInputError
-    from ..hf import export_folder, push as push_to_hub
+    from ..tasks.publish import export_folder
+    from ..tasks.publish import push as push_to_hub
 
     if folder is not None:
         out = export_folder(name_or_path, folder, force=force, repo_id=repo_id)

@@ -1,14 +1,18 @@
-"""Bilinear resize of uint8 images that reproduces OpenCV's ``INTER_LINEAR`` exactly.
+"""From an RGB image to the network's input, exactly as MMSeg's test pipeline does it.
 
 MMSeg's test pipeline resizes the uint8 image with OpenCV before normalising it.
 OpenCV works in fixed point (11-bit coefficients, a horizontal then a vertical pass with
 intermediate truncations), so a float bilinear resize differs from it by one grey level
 on about an eighth of the values -- enough to move a few percent of argmax pixels.
-This module redoes OpenCV's integer arithmetic with torch ops, without needing OpenCV.
+This module redoes OpenCV's integer arithmetic with torch ops, without needing OpenCV. Then
+the ImageNet normalisation of MMSeg's data preprocessor.
 """
 
 from __future__ import annotations
 
+from typing import Union
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -49,3 +53,44 @@ def resize_like_opencv(image: Tensor, height: int, width: int) -> Tensor:
     top, bottom = rows[:, y0, :] >> 4, rows[:, y1, :] >> 4
     out = (((b0[:, None] * top) >> 16) + ((b1[:, None] * bottom) >> 16) + 2) >> 2
     return out.clamp(0, 255).to(torch.float32)
+
+
+# ImageNet statistics in RGB order, on the 0-255 scale (MMSeg's data preprocessor).
+MEAN_RGB = (123.675, 116.28, 103.53)
+STD_RGB = (58.395, 57.12, 57.375)
+
+ImageLike = Union[np.ndarray, Tensor]
+
+
+def looks_like_single_image(images: ImageLike) -> bool:
+    return images.ndim == 3
+
+
+def as_rgb_tensor(image: ImageLike) -> Tensor:
+    """HWC uint8 RGB (numpy or tensor) -> CHW float32 tensor on the 0-255 scale."""
+    t = torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
+    if not isinstance(t, Tensor) or t.ndim != 3 or t.shape[2] != 3:
+        shape = tuple(getattr(image, "shape", ()))
+        raise ValueError(f"predict expects RGB images of shape (H, W, 3), got shape {shape}")
+    return t.permute(2, 0, 1).float()
+
+
+def keep_ratio_resize(chw: Tensor, scale: tuple[int, int]) -> Tensor:
+    """MMCV's keep-ratio rescale: fit within (long, short) edge bounds, bilinear.
+
+    MMSeg resizes the uint8 image with OpenCV; :func:`resize_like_opencv` repeats its
+    fixed-point arithmetic so that the resized pixels are the same.
+    """
+    height, width = chw.shape[1:]
+    long_edge, short_edge = max(scale), min(scale)
+    factor = min(long_edge / max(height, width), short_edge / min(height, width))
+    new_w, new_h = int(width * factor + 0.5), int(height * factor + 0.5)
+    if (new_h, new_w) == (height, width):
+        return chw
+    return resize_like_opencv(chw, new_h, new_w)
+
+
+def normalise(chw: Tensor) -> Tensor:
+    mean = torch.tensor(MEAN_RGB, device=chw.device).view(3, 1, 1)
+    std = torch.tensor(STD_RGB, device=chw.device).view(3, 1, 1)
+    return (chw - mean) / std

@@ -60,8 +60,8 @@ from typing import IO, Any, Callable, Dict, Iterable, Iterator, Optional, Tuple,
 import numpy as np
 import torch
 
-from .errors import BadInputError, SegnextHubError, UnsafePickleError, one_line
-from .fileio import atomic_writer
+from ..errors import BadInputError, SegnextHubError, UnsafePickleError, one_line
+from ..fileio import atomic_writer
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .variants import Variant, get_variant
+from ..models.variants import Variant, get_variant
 
 
 class DWConv(nn.Module):

@@ -21,8 +21,8 @@ from typing import Any, Mapping, Optional, Union
 
 import yaml
 
-from .errors import BadInputError
-from .models.variants import VARIANTS
+from ..errors import BadInputError
+from ..models.variants import VARIANTS
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -320,6 +320,11 @@ def list_artifacts() -> list[Artifact]:
     return list(load_registry().values())
 
 
+def list_models() -> list[str]:
+    """Names of every published artifact (``segnext-hub list`` shows details)."""
+    return [artifact.name for artifact in list_artifacts()]
+
+
 def _normalise_name(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
@@ -350,7 +355,7 @@ def _meta_model_facts(
     """(parameter count, key -> shape) of a model built on the meta device: no memory."""
     import torch
 
-    from .models import create_model
+    from ..models import create_model
 
     with torch.device("meta"):
         model = create_model(variant, num_classes=num_classes or 1, backbone_only=backbone_only)

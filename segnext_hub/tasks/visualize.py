@@ -8,8 +8,8 @@ from typing import Any, Union
 
 import numpy as np
 
-from .errors import BadInputError
-from .fileio import atomic_writer
+from ..errors import BadInputError
+from ..fileio import atomic_writer
 
 PathLike = Union[str, "os.PathLike[str]"]
 # Class-index PNGs are 8-bit while every class fits below the ignore value 255.

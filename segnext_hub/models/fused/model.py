@@ -38,10 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fused_ops import FusedConv, activate_, nmf_multiplicative
-from .ham_head import NMF2D, LightHamHead
-from .mscan import MSCABlock, MSCAN
-from .segnext import SegNeXt
+from ..ham_head import NMF2D, LightHamHead
+from ..mscan import MSCAN, MSCABlock
+from ..predict import SegmentationInference
+from .ops import FusedConv, activate_, nmf_multiplicative
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,13 @@ def fuse(model: nn.Module, *, channels_last: bool = True, autocast_dtype: Option
         raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16, "
                          f"got {autocast_dtype}")
     options = FuseOptions(channels_last, autocast_dtype, cuda_graphs, compile)
-    builders = {SegNeXt: FusedSegNeXt, MSCAN: FusedMSCAN}
-    builder = next((b for cls, b in builders.items() if isinstance(model, cls)), None)
-    if builder is None:
+    # A segmentor is recognised by its parts, so this module never imports the exact model.
+    if isinstance(model, MSCAN):
+        builder = FusedMSCAN
+    elif isinstance(getattr(model, "backbone", None), MSCAN) and isinstance(
+            getattr(model, "decode_head", None), LightHamHead):
+        builder = FusedSegNeXt
+    else:
         raise TypeError(f"fuse() takes a SegNeXt or an MSCAN, got {type(model).__name__}")
     with torch.no_grad():
         fused = builder(model, options)
@@ -381,7 +385,7 @@ class FusedHead(nn.Module):
 
 
 # ---------------------------------------------------------------------------- model
-class FusedSegNeXt(_InferenceOnly):
+class FusedSegNeXt(SegmentationInference, _InferenceOnly):
     """Fused SegNeXt: ``model(x, generator=None, bases=None)`` returns 1/8-size logits.
 
     NMF bases are drawn exactly as the exact model draws them (same RNG consumption), so
@@ -389,7 +393,7 @@ class FusedSegNeXt(_InferenceOnly):
     comparable results between the two. ``predict`` works as :meth:`SegNeXt.predict`.
     """
 
-    def __init__(self, model: SegNeXt, options: FuseOptions = FuseOptions()) -> None:
+    def __init__(self, model: nn.Module, options: FuseOptions = FuseOptions()) -> None:
         super().__init__()
         self.options = options
         self.backbone = FusedMSCAN(model.backbone, replace(options, cuda_graphs=False))
@@ -425,11 +429,6 @@ class FusedSegNeXt(_InferenceOnly):
         features = self.backbone.features(x)
         with _autocast(x, self.options):
             return self.decode_head(features, generator=generator, bases=bases)
-
-    # The exact model's inference helpers only call forward, num_classes and parameters().
-    predict = SegNeXt.predict
-    _logits_at = SegNeXt._logits_at
-    _slide = SegNeXt._slide
 
 
 # ---------------------------------------------------------------------------- runtime options

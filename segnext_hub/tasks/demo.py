@@ -61,9 +61,9 @@ def generated_checkpoint(name: str) -> bytes:
     """An MMSeg-layout checkpoint of the artifact's size with realistic random weights."""
     import torch
 
-    from .models import create_model
-    from .models.random_init import randomize_
-    from .registry import get_artifact
+    from ..hub.registry import get_artifact
+    from ..models import create_model
+    from ..models.random_init import randomize_
 
     art = get_artifact(name)
     model = randomize_(create_model(art.variant, num_classes=art.num_classes or 150, md_r=art.md_r), seed=0)
@@ -74,10 +74,10 @@ def generated_checkpoint(name: str) -> bytes:
 
 
 def run(out_dir: Path, image: Path, force_loopback: bool = False) -> None:
-    from .hub import pull
+    from ..hub.pull import pull
+    from ..hub.registry import get_artifact
+    from ..loading import load_folder
     from .inference import predict_files
-    from .loading import load_folder
-    from .registry import get_artifact
 
     art = get_artifact(DEMO_NAME)
     if not force_loopback and (os.environ.get("SEGNEXT_HUB_MIRROR") or reachable(art.url)):
@@ -117,7 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from .errors import SegnextHubError
+    from ..errors import SegnextHubError
 
     try:
         run(out, Path(args.image) if args.image else sample_image(), args.loopback)

@@ -12,8 +12,8 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from .errors import BadInputError
-from .models.variants import VARIANTS, get_variant
+from ..errors import BadInputError
+from ..models.variants import VARIANTS, get_variant
 
 LAYOUTS = ("official", "mmseg", "jittor")
 DATASETS_BY_CLASSES = {150: "ade20k", 19: "cityscapes", 171: "coco-stuff164k", 16: "isaid"}

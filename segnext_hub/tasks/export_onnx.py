@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import BadInputError, SegnextHubError, VerificationError
-from .fileio import atomic_writer, check_destination, sha256_file
+from ..errors import BadInputError, SegnextHubError, VerificationError
+from ..fileio import atomic_writer, check_destination, sha256_file
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -41,9 +41,9 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 
+from ..errors import BadInputError, DownloadError, OfflineError, one_line
+from ..fileio import sha256_file
 from .cache import file_lock, is_offline, offline_variable
-from .errors import BadInputError, DownloadError, OfflineError, one_line
-from .fileio import sha256_file
 
 CHUNK = 1 << 20  # big reads keep Python overhead negligible next to the kernel copies
 QUEUE_DEPTH = 8  # chunks in flight between the socket reader and the hash/write worker
@@ -565,7 +565,7 @@ def _already_there(dest: Path, expected: Optional[str]) -> Optional[DownloadResu
 
 
 def _session() -> requests.Session:
-    from . import __version__
+    from .._version import __version__
 
     session = requests.Session()
     # identity: Range offsets and Content-Length must count the bytes we store.

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 IGNORE_INDEX = 255
 

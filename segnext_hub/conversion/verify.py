@@ -11,15 +11,15 @@ checkpoint costs two forward passes, not two model initialisations.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Mapping, Optional
+from typing import Mapping
 
 import torch
 from torch import nn
 
+from ..errors import BadInputError
+from ..models import create_model
 from .detect import Detection, first_keys
-from .errors import BadInputError
-from .models import create_model
-from .models.official import build_official
+from .official_tree import build_official
 
 # Two sizes, one not a multiple of 32: padding and odd strides are exercised.
 VERIFY_SIZES: tuple[tuple[int, int], ...] = ((64, 64), (75, 103))

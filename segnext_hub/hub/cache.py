@@ -20,8 +20,8 @@ import warnings
 from pathlib import Path
 from typing import Iterator, Optional
 
-from .errors import BadInputError
-from .fileio import atomic_writer
+from ..errors import BadInputError
+from ..fileio import atomic_writer
 
 try:  # POSIX only; without it locks are no-ops (see file_lock)
     import fcntl

@@ -8,7 +8,6 @@ from typing import Optional
 import click
 
 from .common import command_options
-from .hub import main
 
 device_option = click.option("--device", default="cpu", show_default=True,
                              help="torch device, e.g. cpu or cuda / cuda:0.")
@@ -31,7 +30,7 @@ def _load(name_or_path: str, device: str, md_r: Optional[int] = None, fast: bool
     return load(name_or_path, device=device, md_r=md_r, fast=fast)
 
 
-@main.command()
+@click.command()
 @click.argument("name_or_path")
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--out-dir", required=True, type=click.Path(file_okay=False),
@@ -50,7 +49,7 @@ def predict(name_or_path: str, images: tuple[str, ...], out_dir: str, mode: Opti
     Writes a class-index PNG, a colour PNG in the dataset palette and an overlay per image.
     The seed defaults to 0 so repeated runs give the same masks.
     """
-    from ..inference import predict_files
+    from ..tasks.inference import predict_files
 
     model = _load(name_or_path, device, md_r, fast)
     written = predict_files(model, images, out_dir, mode=mode, seed=0 if seed is None else seed,
@@ -59,7 +58,7 @@ def predict(name_or_path: str, images: tuple[str, ...], out_dir: str, mode: Opti
         click.echo(str(paths["color"]))
 
 
-@main.command("eval")
+@click.command("eval")
 @click.argument("name_or_path")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--dataset", type=click.Choice(["ade20k", "cityscapes"]), help="Default: from the folder layout.")
@@ -81,7 +80,7 @@ def eval_command(name_or_path: str, data_dir: str, dataset: Optional[str], aug_t
     DATA_DIR holds ADEChallengeData2016/ (or is it), or leftImg8bit/ + gtFine/. The seed
     defaults to the training seed recorded in the artifact's log, when there is one.
     """
-    from ..evaluate import evaluate
+    from ..tasks.evaluate import evaluate
 
     model = _load(name_or_path, device, md_r, fast)
     if seed is None:
@@ -97,8 +96,8 @@ def eval_command(name_or_path: str, data_dir: str, dataset: Optional[str], aug_t
 
 def _training_seed(name_or_path: str) -> Optional[int]:
     """The seed from a cached artifact's training log (None when unknown)."""
-    from ..hub import cached_manifest
-    from ..cache import artifact_dir
+    from ..hub.cache import artifact_dir
+    from ..hub.pull import cached_manifest
 
     try:
         manifest = cached_manifest(name_or_path)
@@ -114,7 +113,7 @@ def _training_seed(name_or_path: str) -> Optional[int]:
         return None
 
 
-@main.command()
+@click.command()
 @click.argument("name_or_path")
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--size", nargs=2, type=click.IntRange(min=32), default=(512, 512), show_default=True,
@@ -135,7 +134,7 @@ def export(name_or_path: str, out: str, size: tuple[int, int], dynamic: bool, ba
     of shape (batch, channels, rank) (L2-normalised columns) or a constant. Exit 1 when
     onnxruntime disagrees beyond --tolerance (nothing written).
     """
-    from ..export_onnx import export_onnx
+    from ..tasks.export_onnx import export_onnx
 
     model = _load(name_or_path, "cpu")
     report = export_onnx(model, out, size=tuple(size), dynamic=dynamic, bases=bases, tolerance=tolerance,
