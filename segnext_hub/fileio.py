@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator, Union
+from typing import IO, Any, Iterator, Union
 
 from .errors import BadInputError
 
@@ -60,3 +61,39 @@ def sha256_file(path: PathLike) -> str:
         for chunk in iter(lambda: handle.read(CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# Below this size a helper thread costs more than the hashing it overlaps.
+THREADED_HASH_MIN = 32 << 20
+
+
+class StreamingSha256:
+    """sha256 that can run on a helper thread, so hashing overlaps reading, parsing and writing.
+
+    ``update`` only queues a view of the data (no copy); the caller keeps that memory alive
+    and unchanged until ``hexdigest``. One worker keeps the chunks in order, and
+    ``sha256.update`` releases the GIL, so this is real parallelism on two cores.
+    """
+
+    def __init__(self, background: bool) -> None:
+        self._digest = hashlib.sha256()
+        self._pool = concurrent.futures.ThreadPoolExecutor(1) if background else None
+        self._futures: list = []
+
+    def update(self, chunk: Any) -> None:
+        if self._pool is None:
+            self._digest.update(chunk)
+        else:
+            self._futures.append(self._pool.submit(self._digest.update, chunk))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def hexdigest(self) -> str:
+        self.close()
+        for future in self._futures:
+            future.result()
+        self._futures.clear()
+        return self._digest.hexdigest()

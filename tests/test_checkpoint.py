@@ -20,14 +20,11 @@ import pytest
 import safetensors.torch
 import torch
 
+from segnext_hub.conversion import containers, writing
 from segnext_hub.conversion import reading as ckpt
-from segnext_hub.conversion.reading import (
-    Checkpoint,
-    Placeholder,
-    read_checkpoint,
-    write_pth,
-    write_safetensors,
-)
+from segnext_hub.conversion.reading import Checkpoint, read_checkpoint
+from segnext_hub.conversion.pickled import Placeholder
+from segnext_hub.conversion.writing import write_pth, write_safetensors
 from segnext_hub.errors import BadInputError, UnsafePickleError
 from segnext_hub.fileio import sha256_file
 
@@ -106,7 +103,8 @@ def test_torch_checkpoint_round_trip_keeps_nesting_and_keys(tmp_path, legacy):
 
 
 def test_large_files_hash_on_a_helper_thread_to_the_same_digest(tmp_path, monkeypatch):
-    monkeypatch.setattr(ckpt, "_THREADED_HASH_MIN", 1)
+    monkeypatch.setattr(ckpt, "THREADED_HASH_MIN", 1)
+    monkeypatch.setattr(writing, "THREADED_HASH_MIN", 1)
     monkeypatch.setattr(ckpt, "_READ_CHUNK", 4096)  # many chunks queued behind the reads
     state = {"w": torch.randn(64, 256), "b": torch.randn(300)}
     torch.save(state, tmp_path / "big.pth")
@@ -609,7 +607,7 @@ def test_fuzzed_files_only_ever_give_checkpoints_or_bad_input_errors(tmp_path):
             assert "\n" not in str(exc), (kind, case)
             outcomes["rejected"] += 1
         else:
-            assert isinstance(result, Checkpoint) and result.format in ckpt.FORMATS
+            assert isinstance(result, Checkpoint) and result.format in containers.FORMATS
             outcomes["read"] += 1
     assert outcomes["rejected"] > 50  # the mutations do break things...
     assert outcomes["read"] > 0  # ...and some still decode (e.g. truncated-after-STOP or unused bytes)
@@ -722,7 +720,7 @@ def test_failed_writes_leave_the_old_file_and_no_temp_files(tmp_path, monkeypatc
         handle.write(b"PK\x03\x04 partial")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(ckpt, "_safetensors_chunks", half_then_fail)
+    monkeypatch.setattr(writing, "_safetensors_chunks", half_then_fail)
     monkeypatch.setattr(torch, "save", torch_save_fails)
     with pytest.raises(RuntimeError):
         write_safetensors(st_path, {"w": torch.ones(3)}, {}, force=True)

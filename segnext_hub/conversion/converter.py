@@ -15,7 +15,7 @@ from ..errors import BadInputError, VerificationError
 from ..fileio import check_destination as check_writable
 from .detect import Detection, detect
 from .keymap import KeyMap, MappingResult, find_state_dict, load_key_map
-from .reading import Checkpoint, read_checkpoint, write_pth, write_safetensors
+from .reading import Checkpoint, read_checkpoint
 from .verify import (
     VerificationReport,
     build_for_layout,
@@ -23,6 +23,7 @@ from .verify import (
     compare_models,
     load_into,
 )
+from .writing import write_pth, write_safetensors
 
 TARGETS = ("mmseg", "official")
 OUTPUT_SUFFIXES = (".safetensors", ".pth", ".pt")
