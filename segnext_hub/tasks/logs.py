@@ -1,24 +1,29 @@
-"""Training-log parsing: what a published ``.log.json`` says about how a model was made.
+"""Training-log parsing: what a run's log says about how a model was made and how it scored.
 
-Two JSON-lines dialects exist (neither was checked against a real SegNeXt log when this
-was written, so both are read defensively):
+Every dialect real MMSeg runs write is read (checked on committed logs, see
+``tests/data/logs/SOURCES.md``):
 
-* mmcv 1.x (MMSeg 0.x, the official repo): an optional first line with ``env_info``,
-  ``seed``, ``exp_name`` and sometimes ``config`` (the config text); then records with
-  ``mode`` ("train"/"val"), ``iter``, ``lr``, losses, and on validation records
-  ``aAcc``/``mIoU``/``mAcc`` as *fractions* (0.415).
-* MMEngine (MMSeg 1.x ``scalars.json``, uploaded as ``.log.json``): records with ``step``
-  (train records also ``iter``), no ``mode``, no seed line; ``aAcc``/``mIoU``/``mAcc`` as
-  *percentages* (41.5).
+* mmcv 1.x ``.log.json`` (MMSeg 0.x, the official SegNeXt repo): a first record with
+  ``env_info``/``seed``/``config`` (sometimes ``{}``), then ``mode`` train/val records;
+  metrics are fractions (0.7434).
+* MMEngine ``vis_data/<stamp>.json`` (= ``scalars.json``): records with ``step``;
+  evaluation records carry ``aAcc``/``mIoU``/``mAcc`` in percent at their training step.
+* One-record results of a test run: MMEngine's ``tools/test.py`` JSON (percent, no
+  ``step``) and MMSeg 0.x's ``eval_single_scale_<stamp>.json`` (``{"config", "metric"}``,
+  fractions).
+* Text ``.log`` files of mmcv (``Iter [N/M]``, ``Iter(val) [K]``) and MMEngine
+  (``Iter(train) [N/M]``, ``Iter(val) [k/k]  aAcc: ..``).
 
-Metric scale is decided per file, not per dialect: if every aAcc/mIoU/mAcc value in the
-file is <= 1 they are fractions and get multiplied by 100, otherwise they are taken as
-percentages. aAcc of any real validation is far above 1 %, so the rule cannot confuse a
-percentage log for a fraction log. Summaries always report percentages.
+The iteration an evaluation belongs to is the subtle part. From mmcv 1.3.4 on (and in
+every MMSeg 0.x release that sets ``eval_iter_num``) a val record's ``iter`` is the number
+of validation batches, not the training iteration, which is then that of the train record
+logged just before it; older mmcv logged the training iteration itself. MMEngine text logs
+always show the batch count; its JSON logs give the training step. See
+:func:`_mmcv_eval_rule` for how a file is told apart.
 
-Lines that are not JSON objects, or whose iteration or metric values are not numbers, are
-skipped and counted rather than fatal: one truncated line in a 160k-iteration log should
-not hide the rest.
+Metrics are reported in percent, rounded to two decimals when read (a fraction 0.3913
+becomes 39.13, never 39.129999999999995). The seed and ``MD_R`` come from
+:mod:`segnext_hub.conversion.record`, the one reader of config text.
 """
 
 from __future__ import annotations
@@ -31,30 +36,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
+from ..conversion.record import LOG_LINE, LogHeader, read_log_header, record_from_header
 from ..errors import BadInputError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 METRIC_KEYS = ("aAcc", "mIoU", "mAcc")
-_META_KEYS = ("env_info", "seed", "config", "exp_name", "mmseg_version", "mmcv_version")
-# `MD_R=16` in a pretty-printed config, `'MD_R': 16` / `"MD_R": 16` in a dumped dict.
-_MD_R_RE = re.compile(r"""\bMD_R['"]?\s*[=:]\s*(\d+)""")
 PLOT_HINT = "matplotlib is not installed; pip install 'segnext-hub[plot]'"
+RULE_LOGGED = "logged"  # the record's own iteration is the training iteration
+RULE_PREVIOUS = "previous train record"  # it counts val batches; use the train record before
 
 
 @dataclass(frozen=True)
 class LogSummary:
-    """What a training log records; metrics in percent, iterations as logged."""
+    """What a training (or test) log records; metrics in percent, true training iterations."""
 
-    format: str  # "mmcv" | "mmengine"
-    metric_scale: Optional[str]  # "fraction" | "percent" as found in the file; None: no val
+    format: str  # "mmcv" | "mmengine": the runner family that wrote it
+    metric_scale: Optional[str]  # "fraction" | "percent" as found in the file; None: no eval
     best_miou: Optional[float]
     best_miou_iter: Optional[int]
     final_miou: Optional[float]
     final_miou_iter: Optional[int]
     final_aacc: Optional[float]
     final_macc: Optional[float]
-    num_iters: Optional[int]  # the largest iteration seen
+    num_iters: Optional[int]  # the largest training iteration seen
     seed: Optional[int]
     md_r: Optional[int]  # only when the config text records it
     num_lines: int  # non-blank lines
@@ -63,6 +68,18 @@ class LogSummary:
     miou_curve: tuple[tuple[int, float], ...] = ()
     warnings: tuple[str, ...] = ()
     source: Optional[str] = None
+    dialect: str = ""  # mmcv-json | mmengine-json | mmcv-text | mmengine-text | *-test-json
+    kind: str = "training"  # "training" | "test" (a single evaluation, no training)
+    best_aacc: Optional[float] = None  # at the best-mIoU evaluation
+    best_macc: Optional[float] = None
+    num_evals: int = 0
+    eval_iter_rule: Optional[str] = None  # RULE_LOGGED | RULE_PREVIOUS
+    md_r_source: Optional[str] = None
+    md_r_note: Optional[str] = None
+    seed_source: Optional[str] = None
+    mmcv_version: Optional[str] = None
+    mmseg_version: Optional[str] = None
+    mmengine_version: Optional[str] = None
 
     def as_dict(self, curves: bool = False) -> dict[str, Any]:
         """JSON-ready view; curves are long, so only on request."""
@@ -78,87 +95,88 @@ class LogSummary:
 
 
 @dataclass
-class _Accumulator:
+class _Eval:
+    logged: Optional[int]  # the iteration the record itself carries (maybe a batch count)
+    metrics: dict  # raw values, as logged
+    prev_train: Optional[int] = None
+    next_train: Optional[int] = None
+    iteration: Optional[int] = None
+    test: bool = False  # from a test run (``Iter(test)``), not a validation during training
+
+
+@dataclass
+class _Parsed:
     """Mutable state while reading one log; frozen into a LogSummary at the end."""
 
+    dialect: str
+    family: str
     num_lines: int = 0
     skipped: int = 0
-    votes: dict = field(default_factory=lambda: {"mmcv": 0, "mmengine": 0})
-    seed: Optional[int] = None
-    config_texts: list = field(default_factory=list)
+    losses: list = field(default_factory=list)  # (iteration, loss)
+    evals: list = field(default_factory=list)  # _Eval, in file order
+    last_train: Optional[int] = None
     max_iter: Optional[int] = None
-    losses: list = field(default_factory=list)
-    vals: list = field(default_factory=list)  # (iter, {metric: raw value})
+    eval_rule: Optional[str] = None  # fixed by the dialect, else decided later
+    kind: str = "training"
+    warnings: list = field(default_factory=list)
 
+    def train(self, iteration: int, loss: Optional[float]) -> None:
+        for pending in reversed(self.evals):  # evals logged since the previous train record
+            if pending.next_train is not None:
+                break
+            pending.next_train = iteration
+        self.last_train = iteration
+        self.max_iter = iteration if self.max_iter is None else max(self.max_iter, iteration)
+        if loss is not None:
+            self.losses.append((iteration, loss))
 
-# --------------------------------------------------------------------------- parsing
-
-
-def parse_log(path: PathLike) -> LogSummary:
-    """Summarise a ``.log.json`` / ``scalars.json`` file (either dialect)."""
-    target = Path(path)
-    try:
-        text = target.read_text(encoding="utf-8", errors="replace")
-    except OSError as err:
-        raise BadInputError(f"cannot read training log {target}: {err.strerror or err}") from None
-    return parse_log_lines(text.splitlines(), source=str(target))
-
-
-def parse_log_lines(lines: Iterable[str], source: Optional[str] = None) -> LogSummary:
-    """Summarise JSON lines already in memory; ``source`` only names them in errors."""
-    where = source or "training log"
-    acc = _Accumulator()
-    for line in lines:
-        if line.strip():
-            acc.num_lines += 1
-            _take_line(acc, line)
-    if acc.num_lines == 0:
-        raise BadInputError(f"{where} is empty")
-    if not (acc.losses or acc.vals or acc.max_iter is not None or acc.seed is not None or acc.config_texts):
-        raise BadInputError(
-            f"{where} holds no training-log records ({acc.num_lines} lines, {acc.skipped} malformed)"
-        )
-    return _summarise(acc, source)
-
-
-def _take_line(acc: _Accumulator, line: str) -> None:
-    try:
-        record = json.loads(line)
-    except ValueError:
-        acc.skipped += 1
-        return
-    if not isinstance(record, dict):
-        acc.skipped += 1
-        return
-    if _is_meta(record):
-        _take_meta(acc, record)
-        return
-    try:
-        _take_record(acc, record)
-    except _BadRecord:
-        acc.skipped += 1
+    def evaluation(self, logged: Optional[int], metrics: dict, test: bool = False) -> None:
+        self.evals.append(_Eval(logged, metrics, prev_train=self.last_train, test=test))
 
 
 class _BadRecord(Exception):
-    """A JSON object whose iteration or metric values are not usable numbers."""
+    """A record whose iteration or metric values are not usable numbers."""
 
 
-def _is_meta(record: dict) -> bool:
-    has_iter = "iter" in record or "step" in record
-    return not has_iter and any(key in record for key in _META_KEYS)
+# --------------------------------------------------------------------------- entry points
 
 
-def _take_meta(acc: _Accumulator, record: dict) -> None:
-    """The mmcv first line: seed and config text (an env_info string never holds MD_R)."""
-    acc.votes["mmcv"] += 1
-    seed = record.get("seed")
-    if isinstance(seed, int) and not isinstance(seed, bool):
-        acc.seed = seed
-    config = record.get("config")
-    if isinstance(config, str):
-        acc.config_texts.append(config)
-    elif isinstance(config, dict):
-        acc.config_texts.append(json.dumps(config))
+def parse_log(path: PathLike) -> LogSummary:
+    """Summarise a training or test log of any dialect above; BadInputError names the file."""
+    target = Path(path)
+    try:
+        data = target.read_bytes()
+    except OSError as err:
+        raise BadInputError(f"cannot read training log {target}: {err.strerror or err}") from None
+    if b"\x00" in data[:4096]:
+        raise BadInputError(f"{target} is not a training log (binary data)")
+    return parse_log_text(data.decode("utf-8-sig", errors="replace"), source=str(target))
+
+
+def parse_log_lines(lines: Iterable[str], source: Optional[str] = None) -> LogSummary:
+    """Summarise log lines already in memory; ``source`` only names them in errors."""
+    return parse_log_text("\n".join(lines), source=source)
+
+
+def parse_log_text(text: str, source: Optional[str] = None) -> LogSummary:
+    """Summarise a whole log held as one string (JSON lines, one JSON document, or text)."""
+    where = source or "training log"
+    lines = text.splitlines()
+    first = next((line.strip() for line in lines if line.strip()), "")
+    if not first:
+        raise BadInputError(f"{where} is empty")
+    if first.startswith(("{", "[{")) or first == "[":
+        parsed = _parse_json(text, lines, where)
+    else:
+        parsed = _parse_text(lines)
+    header = read_log_header(text)
+    if not (parsed.losses or parsed.evals or parsed.max_iter is not None or header.configs or header.seeds):
+        raise BadInputError(
+            f"{where} holds no training-log records ({parsed.num_lines} lines, {parsed.skipped} malformed)")
+    return _summarise(parsed, header, source)
+
+
+# --------------------------------------------------------------------------- JSON dialects
 
 
 def _number(value: Any) -> float:
@@ -167,29 +185,15 @@ def _number(value: Any) -> float:
     return float(value)
 
 
-def _iteration(record: dict) -> int:
-    value = record.get("iter", record.get("step"))
+def _count(value: Any) -> int:
     number = _number(value)
     if number < 0 or number != int(number):
         raise _BadRecord
     return int(number)
 
 
-def _take_record(acc: _Accumulator, record: dict) -> None:
-    if "mode" in record:
-        acc.votes["mmcv"] += 1
-    elif "step" in record:
-        acc.votes["mmengine"] += 1
-    if "iter" not in record and "step" not in record:
-        raise _BadRecord
-    it = _iteration(record)
-    metrics = {key: _number(record[key]) for key in METRIC_KEYS if key in record}
-    loss = _loss_of(record) if record.get("mode", "train") == "train" else None
-    acc.max_iter = it if acc.max_iter is None else max(acc.max_iter, it)
-    if loss is not None:
-        acc.losses.append((it, loss))
-    if "mIoU" in metrics:
-        acc.vals.append((it, metrics))
+def _metrics(record: dict) -> dict:
+    return {key: _number(record[key]) for key in METRIC_KEYS if key in record}
 
 
 def _loss_of(record: dict) -> Optional[float]:
@@ -200,49 +204,259 @@ def _loss_of(record: dict) -> Optional[float]:
     return sum(parts) if parts else None
 
 
+def _parse_json(text: str, lines: list, where: str) -> _Parsed:
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None  # JSON lines (or damaged): read line by line
+    if isinstance(document, dict) and not any(k in document for k in ("mode", "iter", "step")):
+        single = _single_result(document, where)
+        if single is not None:
+            return single
+    parsed = _Parsed(dialect="mmcv-json", family="mmcv")
+    votes = {"mmcv": 0, "mmengine": 0}
+    for line in lines:
+        if not line.strip():
+            continue
+        parsed.num_lines += 1
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise _BadRecord
+            _take_json_record(parsed, record, votes)
+        except (ValueError, _BadRecord):
+            parsed.skipped += 1
+    if votes["mmengine"] > votes["mmcv"]:
+        parsed.dialect, parsed.family, parsed.eval_rule = "mmengine-json", "mmengine", RULE_LOGGED
+    if votes["mmcv"] and votes["mmengine"]:
+        parsed.warnings.append("the log mixes mmcv and MMEngine records")
+    return parsed
+
+
+def _single_result(document: dict, where: str) -> Optional[_Parsed]:
+    """A whole-file result of a test run: MMSeg 0.x ``{"config", "metric"}`` or MMEngine's."""
+    if isinstance(document.get("metric"), dict) and "mIoU" in document["metric"]:
+        parsed = _Parsed(dialect="mmseg-test-json", family="mmcv", kind="test", num_lines=1)
+        raw = document["metric"]
+    elif "mIoU" in document:
+        parsed = _Parsed(dialect="mmengine-test-json", family="mmengine", kind="test", num_lines=1)
+        raw = document
+    else:
+        return None
+    try:
+        parsed.evaluation(None, _metrics(raw))
+    except _BadRecord:
+        raise BadInputError(f"{where}: the test result's metrics are not numbers") from None
+    parsed.eval_rule = RULE_LOGGED
+    return parsed
+
+
+def _take_json_record(parsed: _Parsed, record: dict, votes: dict) -> None:
+    if not record:
+        return  # mmcv writes ``{}`` for an empty meta; nothing to read, nothing wrong
+    if not any(k in record for k in ("mode", "iter", "step")):
+        if any(k in record for k in ("env_info", "seed", "config", "exp_name", "mmseg_version")):
+            votes["mmcv"] += 1
+            return  # the header record; read_log_header handles it
+        raise _BadRecord
+    engine = "step" in record and "mode" not in record
+    votes["mmengine" if engine else "mmcv"] += 1
+    iteration = _count(record["step"] if engine else record.get("iter", record.get("step")))
+    if "mIoU" in record:  # an evaluation, whatever ``mode`` says (mode is wrong in some runs)
+        parsed.evaluation(iteration, _metrics(record))
+    elif record.get("mode", "train") == "train":
+        parsed.train(iteration, _loss_of(record))
+
+
+# --------------------------------------------------------------------------- text dialects
+
+_PAIR = re.compile(r"([\w./-]+): (-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)(?![\w:])")
+_MMCV_TRAIN = re.compile(r"^Iter \[(\d+)/(\d+)\]")
+_MMCV_EPOCH = re.compile(r"^Epoch \[(\d+)\]\[(\d+)/(\d+)\]")
+_MMCV_VAL = re.compile(r"^(?:Iter|Epoch)\(val\) (?:\[(\d+)\])?\[(\d+)\]")
+_ENGINE_TRAIN = re.compile(r"^Iter\(train\) \[\s*(\d+)/(\d+)\]")
+_ENGINE_EPOCH = re.compile(r"^Epoch\(train\)\s*\[(\d+)\]\[\s*(\d+)/(\d+)\]")
+_ENGINE_EVAL = re.compile(r"^(?:Iter|Epoch)\((val|test)\)\s*(?:\[\d+\])?\[\s*(\d+)/(\d+)\]")
+
+
+def _pairs(message: str) -> dict:
+    return {k: float(v) for k, v in _PAIR.findall(message)}
+
+
+def _parse_text(lines: list) -> _Parsed:
+    parsed = _Parsed(dialect="mmcv-text", family="mmcv")
+    engine = any(" - mmengine - " in line[:60] for line in lines[:200])
+    if engine:
+        parsed.dialect, parsed.family, parsed.eval_rule = "mmengine-text", "mmengine", RULE_PREVIOUS
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        parsed.num_lines += 1
+        head = LOG_LINE.match(line)
+        if not head:
+            continue
+        message = line[head.end():]
+        if "Iter" not in message[:12] and "Epoch" not in message[:12]:
+            continue
+        if message.startswith(("Iter(val)", "Epoch(val)", "Iter(test)", "Epoch(test)")) \
+                and "mIoU" not in message and i + 1 < len(lines) and not LOG_LINE.match(lines[i + 1]):
+            message += " " + lines[i + 1]  # some versions wrap the metrics onto the next line
+        try:
+            _take_text_line(parsed, message, engine)
+        except (ValueError, _BadRecord):
+            parsed.skipped += 1
+    tests = [ev for ev in parsed.evals if ev.test]
+    if tests and parsed.max_iter is None:
+        parsed.kind = "test"
+    elif tests:  # a test run appended to a training log: not one of its validations
+        parsed.evals = [ev for ev in parsed.evals if not ev.test]
+        parsed.warnings.append(f"{len(tests)} test-run result(s) after training were not counted")
+    return parsed
+
+
+def _take_text_line(parsed: _Parsed, message: str, engine: bool) -> None:
+    """Read one ``Iter``/``Epoch`` log message of either runner family."""
+    if engine:
+        match = _ENGINE_TRAIN.match(message)
+        epoch = _ENGINE_EPOCH.match(message) if not match else None
+        if match or epoch:
+            iteration = int(match.group(1)) if match else \
+                (int(epoch.group(1)) - 1) * int(epoch.group(3)) + int(epoch.group(2))
+            parsed.train(iteration, _loss_of(_pairs(message)))
+            return
+        match = _ENGINE_EVAL.match(message)
+        if match and "mIoU" in message:
+            values = _pairs(message[match.end():])
+            parsed.evaluation(int(match.group(2)), _metrics(values), test=match.group(1) == "test")
+        return
+    match, epoch = _MMCV_TRAIN.match(message), _MMCV_EPOCH.match(message)
+    if match or epoch:
+        iteration = int(match.group(1)) if match else \
+            (int(epoch.group(1)) - 1) * int(epoch.group(3)) + int(epoch.group(2))
+        parsed.train(iteration, _loss_of(_pairs(message)))
+        return
+    match = _MMCV_VAL.match(message)
+    if match and "mIoU" in message:
+        parsed.evaluation(int(match.group(2)), _metrics(_pairs(message[match.end():])))
+
+
+# --------------------------------------------------------------------------- evaluation iterations
+
+
+def _version(text: Optional[str]) -> Optional[tuple[int, ...]]:
+    match = re.match(r"(\d+)\.(\d+)\.(\d+)", text or "")
+    return tuple(int(g) for g in match.groups()) if match else None
+
+
+def _mmcv_eval_rule(evals: list, mmcv_version: Optional[str]) -> tuple[str, Optional[str]]:
+    """Decide whether an mmcv log's val ``iter`` is the training iteration or a batch count.
+
+    Only evaluations whose logged value exceeds the previous train record's are in
+    question (a smaller value can only be a batch count; an equal one gives the same
+    answer either way). Evidence, strongest first: the mmcv version (< 1.3.4 logged the
+    training iteration, >= 1.4 the batch count); a batch count already proven elsewhere in
+    the file, or the same value at every evaluation while training advanced; values that
+    rise and match the next train record, as mmcv 1.3 wrote them (the val record before
+    that iteration's train record). Returns the rule and, when it was a guess, a warning.
+    """
+    version = _version(mmcv_version)
+    if version is not None and version < (1, 3, 4):
+        return RULE_LOGGED, None
+    if version is not None and version >= (1, 4, 0):
+        return RULE_PREVIOUS, None
+    known = [e for e in evals if e.logged is not None and e.prev_train is not None]
+    if any(e.logged < e.prev_train for e in known):
+        return RULE_PREVIOUS, None
+    logged = [e.logged for e in evals if e.logged is not None]
+    trains = {e.prev_train for e in evals}
+    if len(logged) >= 2 and len(set(logged)) == 1 and len(trains) > 1:
+        return RULE_PREVIOUS, None
+    rising = all(b > a for a, b in zip(logged, logged[1:]))
+    matches = all(e.next_train is None or e.logged == e.next_train for e in evals if e.logged is not None)
+    if rising and matches and any(e.next_train is not None for e in evals):
+        return RULE_LOGGED, None
+    ambiguous = [e for e in known if e.logged > e.prev_train]
+    if not ambiguous:
+        return RULE_PREVIOUS, None
+    return RULE_PREVIOUS, ("could not tell whether val records give the training iteration or "
+                           "the number of val batches (no mmcv version logged); assumed batches")
+
+
+def _assign_iterations(parsed: _Parsed, header: LogHeader) -> None:
+    rule = parsed.eval_rule
+    if rule is None:
+        rule, warning = _mmcv_eval_rule(parsed.evals, header.version("mmcv"))
+        if warning:
+            parsed.warnings.append(warning)
+        parsed.eval_rule = rule
+    for ev in parsed.evals:
+        if parsed.kind == "test":
+            ev.iteration = None
+        elif rule == RULE_LOGGED and parsed.family == "mmengine":
+            ev.iteration = ev.logged
+        elif rule == RULE_LOGGED and (ev.prev_train is None or (ev.logged or 0) >= ev.prev_train):
+            ev.iteration = ev.logged
+        else:
+            ev.iteration = ev.prev_train
+    if parsed.family == "mmengine" and parsed.eval_rule == RULE_LOGGED:
+        steps = [ev.iteration for ev in parsed.evals if ev.iteration is not None]
+        if steps and parsed.max_iter is not None:
+            parsed.max_iter = max(parsed.max_iter, max(steps))
+
+
 # --------------------------------------------------------------------------- summary
 
 
-def _metric_scale(vals: list) -> Optional[str]:
-    values = [v for _, metrics in vals for v in metrics.values()]
+def _metric_scale(evals: list) -> Optional[str]:
+    """Fractions when every aAcc/mIoU/mAcc is <= 1, else percent.
+
+    Per file rather than per dialect, so a run that logged percentages through mmcv is not
+    multiplied by 100; an aAcc of at most 1 % never comes out of a real evaluation.
+    """
+    values = [v for ev in evals for v in ev.metrics.values()]
     if not values:
         return None
     return "fraction" if max(values) <= 1.0 else "percent"
 
 
-def _md_r(texts: list) -> tuple[Optional[int], list[str]]:
-    found = sorted({int(m) for text in texts for m in _MD_R_RE.findall(text)})
-    if len(found) > 1:
-        return None, [f"config text names several MD_R values {found}; md_r left unset"]
-    return (found[0] if found else None), []
-
-
-def _summarise(acc: _Accumulator, source: Optional[str]) -> LogSummary:
-    scale = _metric_scale(acc.vals)
+def _summarise(parsed: _Parsed, header: LogHeader, source: Optional[str]) -> LogSummary:
+    _assign_iterations(parsed, header)
+    scale = _metric_scale(parsed.evals)
     factor = 100.0 if scale == "fraction" else 1.0
-    curve = tuple((it, m["mIoU"] * factor) for it, m in acc.vals)
-    best = max(curve, key=lambda p: p[1]) if curve else None  # first of equal maxima
-    final_iter, final = acc.vals[-1] if acc.vals else (None, {})
-    md_r, warnings = _md_r(acc.config_texts)
-    if acc.skipped:
-        warnings.append(f"{acc.skipped} of {acc.num_lines} lines were malformed and skipped")
-    fmt = "mmcv" if acc.votes["mmcv"] >= acc.votes["mmengine"] else "mmengine"
-    if acc.votes["mmcv"] and acc.votes["mmengine"]:
-        warnings.append("the log mixes mmcv and MMEngine records")
 
-    def scaled(key: str) -> Optional[float]:
-        return final[key] * factor if key in final else None
+    def pct(ev: Optional[_Eval], key: str) -> Optional[float]:
+        return round(ev.metrics[key] * factor, 2) if ev is not None and key in ev.metrics else None
 
+    scored = [ev for ev in parsed.evals if "mIoU" in ev.metrics]
+    best = max(scored, key=lambda ev: ev.metrics["mIoU"]) if scored else None  # first of equals
+    final = scored[-1] if scored else None
+    record = record_from_header(header)
+    seed_source = record.seed_source
+    if parsed.kind == "test" and seed_source:
+        seed_source += ", of the test run"  # a test log's seed is not proof of the training seed
+    warnings = list(parsed.warnings) + list(record.notes)
+    if parsed.skipped:
+        warnings.append(f"{parsed.skipped} of {parsed.num_lines} lines were malformed and skipped")
     return LogSummary(
-        format=fmt, metric_scale=scale,
-        best_miou=best[1] if best else None, best_miou_iter=best[0] if best else None,
-        final_miou=scaled("mIoU"), final_miou_iter=final_iter,
-        final_aacc=scaled("aAcc"), final_macc=scaled("mAcc"),
-        num_iters=acc.max_iter, seed=acc.seed, md_r=md_r,
-        num_lines=acc.num_lines, skipped_lines=acc.skipped,
-        loss_curve=tuple(acc.losses), miou_curve=curve,
-        warnings=tuple(warnings), source=source,
+        format=parsed.family, metric_scale=scale,
+        best_miou=pct(best, "mIoU"), best_miou_iter=best.iteration if best else None,
+        final_miou=pct(final, "mIoU"), final_miou_iter=final.iteration if final else None,
+        final_aacc=pct(final, "aAcc"), final_macc=pct(final, "mAcc"),
+        num_iters=parsed.max_iter, seed=record.seed, md_r=record.md_r,
+        num_lines=parsed.num_lines, skipped_lines=parsed.skipped,
+        loss_curve=tuple(parsed.losses),
+        miou_curve=tuple((ev.iteration, pct(ev, "mIoU")) for ev in scored if ev.iteration is not None),
+        warnings=tuple(warnings), source=source, dialect=parsed.dialect, kind=parsed.kind,
+        best_aacc=pct(best, "aAcc"), best_macc=pct(best, "mAcc"), num_evals=len(scored),
+        eval_iter_rule=parsed.eval_rule if scored and parsed.kind == "training" else None,
+        md_r_source=record.md_r_source, md_r_note=record.md_r_note, seed_source=seed_source,
+        mmcv_version=header.version("mmcv"), mmseg_version=header.version("mmseg"),
+        mmengine_version=header.version("mmengine"),
     )
+
+
+_RULE_TEXT = {RULE_LOGGED: ", at the training iteration each logged",
+              RULE_PREVIOUS: ", at the train record logged before each (val records count batches)"}
 
 
 def format_summary(summary: LogSummary) -> str:
@@ -256,15 +470,25 @@ def format_summary(summary: LogSummary) -> str:
     def at(iteration: Optional[int]) -> str:
         return f" (iter {iteration})" if iteration is not None else ""
 
+    def sourced(value: Any, source: Optional[str], note: Optional[str] = None) -> str:
+        if value is None:
+            return "not recorded"
+        detail = "; ".join(part for part in (source, note) if part)
+        return f"{value} ({detail})" if detail else str(value)
+
+    versions = ", ".join(f"{name} {v}" for name, v in (("mmcv", summary.mmcv_version),
+                         ("mmseg", summary.mmseg_version), ("mmengine", summary.mmengine_version)) if v)
     rows = [
-        ("format", f"{summary.format}, metrics logged as {summary.metric_scale or '-'}"),
+        ("format", f"{summary.dialect or summary.format} ({summary.kind}), metrics logged as "
+                   f"{summary.metric_scale or '-'}" + (f"; {versions}" if versions else "")),
         ("best mIoU", show(summary.best_miou, "%") + at(summary.best_miou_iter)),
         ("final mIoU", show(summary.final_miou, "%") + at(summary.final_miou_iter)),
         ("final aAcc", show(summary.final_aacc, "%")),
         ("final mAcc", show(summary.final_macc, "%")),
+        ("evaluations", str(summary.num_evals) + _RULE_TEXT.get(summary.eval_iter_rule or "", "")),
         ("iterations", show(summary.num_iters)),
-        ("training seed", show(summary.seed) if summary.seed is not None else "not recorded"),
-        ("head MD_R", show(summary.md_r) if summary.md_r is not None else "not recorded"),
+        ("training seed", sourced(summary.seed, summary.seed_source)),
+        ("head MD_R", sourced(summary.md_r, summary.md_r_source, summary.md_r_note)),
         ("lines", f"{summary.num_lines} ({summary.skipped_lines} skipped)"),
     ]
     text = "\n".join(f"{label:<14}{value}" for label, value in rows)
@@ -275,7 +499,7 @@ def format_summary(summary: LogSummary) -> str:
 
 
 def plot_log(summary: LogSummary, out_png: PathLike) -> Path:
-    """Loss and mIoU against iteration, side by side, as a PNG.
+    """Loss and mIoU against the true training iteration, side by side, as a PNG.
 
     Uses matplotlib's object API with the Agg canvas, so it neither needs a display nor
     switches the backend of a caller's pyplot session.
@@ -303,8 +527,12 @@ def plot_log(summary: LogSummary, out_png: PathLike) -> Path:
 
 
 def _draw(axes: Any, curve: tuple, ylabel: str, title: str, marker: Optional[str] = None) -> None:
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
     axes.set_title(title)
-    axes.set_xlabel("iteration")
+    axes.set_xlabel("training iteration")
+    axes.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k" if abs(x) >= 1000 else f"{x:g}"))
     axes.set_ylabel(ylabel)
     if curve:
         xs, ys = zip(*sorted(curve))
