@@ -29,11 +29,11 @@ demo: venv
 
 # The whole suite, parity with MMSegmentation 1.2.2 included (it must not be skipped).
 test: venv parity-venv
-	SEGNEXT_REQUIRE_PARITY=1 SEGNEXT_PARITY_PYTHON=$(CURDIR)/$(PARITY_PY) $(PY) -m pytest -q
+	SEGNEXT_REQUIRE_PARITY=1 SEGNEXT_PARITY_PYTHON=$(CURDIR)/$(PARITY_PY) $(PY) -m pytest -q --durations=15
 
 # Everything but the MMSeg comparisons.
 test-fast: venv
-	$(PY) -m pytest -q -m "not parity"
+	$(PY) -m pytest -q -m "not parity" --durations=15
 
 bench: venv parity-venv
 	SEGNEXT_PARITY_PYTHON=$(CURDIR)/$(PARITY_PY) $(PY) benchmarks/bench_model.py

@@ -52,7 +52,7 @@ print(json.dumps({"seconds": elapsed, "peak_rss": hwm(), "base_rss": base}))
 
 def make_checkpoint(path: Path, variant: str) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests import factory
+    from tests.helpers import factory
 
     factory.write_official(path, factory.mmseg_state(variant, seed=0), md_r=64)
 

@@ -36,7 +36,7 @@ def bench_load(variant: str, repeats: int) -> None:
 
     from segnext_hub.conversion.converter import convert
     from segnext_hub.loading import load_folder
-    from tests import factory
+    from tests.helpers import factory
     from tests.parity.harness import parity_python
 
     python = parity_python()

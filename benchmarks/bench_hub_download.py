@@ -30,7 +30,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from segnext_hub.hub.download import CHUNK, download  # noqa: E402
-from tests.http_server import LoopbackServer  # noqa: E402
+from tests.helpers.http_server import LoopbackServer  # noqa: E402
 
 PATH = "/download.openmmlab.com/mmsegmentation/v0.5/bench.pth"
 

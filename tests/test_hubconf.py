@@ -7,7 +7,6 @@ from pathlib import Path
 import torch
 
 from segnext_hub.models import MSCAN, SegNeXt
-from tests.hub_fixtures import mirror  # noqa: F401 - fixture
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -94,7 +94,7 @@ def test_converted_pth_loads_in_mmseg_init_model(tmp_path):
     """segnext-convert's .pth output is an MMSeg checkpoint: init_model reads it as is."""
     require_parity_env()
     from segnext_hub.conversion.converter import convert
-    from tests import factory
+    from tests.helpers import factory
 
     state = factory.mmseg_state("t", seed=9, md_r=16)
     src = factory.write_official(tmp_path / "official.pth", state, md_r=16)

@@ -22,7 +22,7 @@ from segnext_hub.cli.convert import main as convert_cli
 from segnext_hub.conversion.converter import convert
 from segnext_hub.conversion.keymap import KeyMap, Rule, load_key_map
 from segnext_hub.errors import VerificationError
-from tests import factory
+from tests.helpers import factory
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ import torch
 
 from segnext_hub.conversion import containers, writing
 from segnext_hub.conversion import reading as ckpt
-from segnext_hub.conversion.reading import Checkpoint, read_checkpoint
 from segnext_hub.conversion.pickled import Placeholder
+from segnext_hub.conversion.reading import Checkpoint, read_checkpoint
 from segnext_hub.conversion.writing import write_pth, write_safetensors
 from segnext_hub.errors import BadInputError, UnsafePickleError
 from segnext_hub.fileio import sha256_file

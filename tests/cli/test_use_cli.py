@@ -14,7 +14,6 @@ from PIL import Image
 
 from segnext_hub.cli.hub import main as hub_cli
 from segnext_hub.tasks.demo import sample_image
-from tests.hub_fixtures import mirror  # noqa: F401 - fixture
 
 
 def cli(*args: str):
@@ -66,7 +65,7 @@ def test_demo_runs_the_loopback_pipeline(tmp_path):
 
 
 def test_eval_cli_json_and_training_seed_default(mirror, tmp_path):
-    from tests.test_evaluate import make_ade
+    from tests.tasks.test_evaluate import make_ade
 
     make_ade(tmp_path / "data", np.random.default_rng(0), sizes=[(40, 52), (36, 30)])
     mirror.serve("mscan-t")
@@ -84,7 +83,7 @@ def test_eval_cli_json_and_training_seed_default(mirror, tmp_path):
 def test_export_cli_checks_onnxruntime(tmp_path):
     pytest.importorskip("onnxruntime")
     from segnext_hub.conversion.converter import convert
-    from tests import factory
+    from tests.helpers import factory
 
     factory.write_mmseg(tmp_path / "t.pth", factory.mmseg_state("t", seed=0))
     convert(tmp_path / "t.pth", tmp_path / "t.safetensors", verify=False)

@@ -1,4 +1,5 @@
-"""Serve generated checkpoints at the registry's URLs on a loopback mirror."""
+"""Serve generated checkpoints at the registry's URLs on a loopback mirror (the ``mirror``
+fixture in tests/conftest.py wires one through the environment)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,11 @@ import json
 from collections import OrderedDict
 from urllib.parse import urlsplit
 
-import pytest
 import torch
 
 from segnext_hub.hub.registry import Artifact, get_artifact
-from tests import factory
-from tests.http_server import LoopbackServer
+from tests.helpers import factory
+from tests.helpers.http_server import LoopbackServer
 
 
 def mirror_path(url: str) -> str:
@@ -63,13 +63,3 @@ class Mirror:
     def gets(self, url: str) -> int:
         return self.server.count(mirror_path(url))
 
-
-@pytest.fixture
-def mirror(tmp_path, monkeypatch):
-    """A loopback mirror + an empty cache, wired through the environment variables."""
-    monkeypatch.setenv("SEGNEXT_HUB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("SEGNEXT_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    with LoopbackServer() as server:
-        monkeypatch.setenv("SEGNEXT_HUB_MIRROR", server.base_url)
-        yield Mirror(server)

@@ -12,7 +12,7 @@ against a strong ETag like a static file server, and misbehaves on request:
         download(srv.url("/a.bin"), dest)
         srv.ranges("/a.bin")   # [None, "bytes=3000000-", "bytes=3000000-", "bytes=3000000-"]
 
-or use the ``http_server`` pytest fixture (``from tests.http_server import http_server``).
+or use the ``http_server`` pytest fixture (tests/conftest.py).
 Faults for a path are used in the order they were added: each request takes the first one
 with uses left (``times``, default 1; ``None``: forever), then the path behaves normally.
 Everything stops with the context manager; handler threads are daemons and give up
@@ -292,17 +292,3 @@ class LoopbackServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-try:
-    import pytest
-except ImportError:  # pragma: no cover - benchmarks may run without pytest
-    pytest = None  # type: ignore[assignment]
-
-if pytest is not None:
-
-    @pytest.fixture
-    def http_server():
-        """A started LoopbackServer with no files; stopped after the test."""
-        with LoopbackServer() as server:
-            yield server

@@ -24,15 +24,15 @@ import segnext_hub
 from segnext_hub.cli.hub import main as hub_cli
 from segnext_hub.errors import BadInputError, DownloadError, OfflineError
 from segnext_hub.hub import hf
-from segnext_hub.tasks import publish
 from segnext_hub.hub.config import make_config
 from segnext_hub.hub.registry import get_artifact
 from segnext_hub.loading import load_folder
 from segnext_hub.models import SegNeXt, create_model
-from tests import factory
-from tests.fake_hf_hub import FakeHub
-from tests.http_server import LoopbackServer
-from tests.hub_fixtures import checkpoint_bytes, mirror_path, training_log
+from segnext_hub.tasks import publish
+from tests.helpers import factory
+from tests.helpers.fake_hf_hub import FakeHub
+from tests.helpers.http_server import LoopbackServer
+from tests.helpers.mirror import checkpoint_bytes, mirror_path, training_log
 
 TOKEN = "hf_test_write_token"
 REPO = "me/segnext-t"

@@ -22,7 +22,6 @@ import pytest
 
 from segnext_hub.errors import BadInputError, DownloadError, OfflineError
 from segnext_hub.hub.download import CHUNK, DownloadResult, download, mirror_url
-from tests.http_server import http_server  # noqa: F401 - pytest fixture
 
 REPO = Path(__file__).resolve().parents[1]
 MMSEG_PATH = (
@@ -31,10 +30,6 @@ MMSEG_PATH = (
     "segnext_mscan-t_1x16_512x512_adamw_160k_ade20k_20230210_140244-05bd8466.pth"
 )
 MIB = 1 << 20
-ENV_VARS = (
-    "SEGNEXT_HUB_MIRROR", "SEGNEXT_HUB_OFFLINE", "HF_HUB_OFFLINE", "SEGNEXT_HUB_CACHE",
-    "http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy",
-)
 
 
 def payload(size: int = 3 * MIB + 12345, seed: int = 0) -> bytes:
@@ -47,10 +42,9 @@ def sha(data: bytes) -> str:
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch, tmp_path):
-    """No proxies (they would swallow 127.0.0.1), no mirror, not offline."""
-    for var in ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
+def own_cache(monkeypatch, tmp_path):
+    """Locks and partial files of each test in a cache of its own (tests/conftest.py already
+    removed proxies, which would swallow 127.0.0.1, the mirror and the offline switches)."""
     monkeypatch.setenv("SEGNEXT_HUB_CACHE", str(tmp_path / "cache"))
 
 
@@ -377,7 +371,7 @@ print(json.dumps({"sha": r.sha256, "downloaded": r.downloaded, "size": r.size}),
 
 
 def child_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    env = dict(os.environ)  # already isolated by tests/conftest.py
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 

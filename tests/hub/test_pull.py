@@ -20,8 +20,8 @@ import segnext_hub.hub.pull as hub_module
 from segnext_hub.cli.hub import main as hub_cli
 from segnext_hub.errors import BadInputError, DownloadError, OfflineError
 from segnext_hub.models import MSCAN, SegNeXt
-from tests import factory
-from tests.hub_fixtures import checkpoint_bytes, mirror, mirror_path  # noqa: F401 - fixture
+from tests.helpers import factory
+from tests.helpers.mirror import checkpoint_bytes, mirror_path
 
 
 def cli(*args: str):
