@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 from ..datasets import get_dataset
 from ..errors import BadInputError
+from ..progress import progress_bar
 from .metrics import IGNORE_INDEX, IoUAccumulator, two_places
 from .tta import REFERENCES, TTA_RATIOS, predict_tta
 
@@ -218,15 +218,6 @@ def _fmt(value: float) -> str:
 
 
 # --------------------------------------------------------------------------- driver
-def _progress(total: int, enabled: Optional[bool]) -> Any:
-    show = sys.stderr.isatty() if enabled is None else enabled
-    if not show:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="img", desc="eval", file=sys.stderr, dynamic_ncols=True)
-
-
 def _pair(value: Optional[Sequence[int]], default: tuple[int, int], what: str) -> tuple[int, int]:
     if value is None:
         return default
@@ -297,9 +288,8 @@ def evaluate(
         settings.update(aug_ratios=[float(r) for r in aug_ratios], aug_flip=True, aug_reference=aug_reference)
 
     acc = IoUAccumulator(num_classes)
-    bar = _progress(len(samples), progress)
     start = time.perf_counter()
-    try:
+    with progress_bar(len(samples), "eval", progress, unit="img") as bar:
         for sample in samples:
             image = load_image(sample.image)
             label = load_label(sample.label, layout.reduce_zero_label)
@@ -314,11 +304,7 @@ def evaluate(
             else:
                 pred = model.predict(image, mode=mode, scale=test_scale, crop_size=crop, stride=step)[0].mask
             acc.add(pred, label)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+            bar.update(1)
     summary, iou, class_acc = acc.metrics()
     return EvalResult(
         dataset=layout.name, data_root=str(root), num_images=acc.count,

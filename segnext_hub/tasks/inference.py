@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -11,6 +10,7 @@ import torch
 
 from ..datasets import palette_for
 from ..errors import BadInputError
+from ..progress import progress_bar
 from .evaluate import LAYOUTS, load_image
 from .visualize import save_outputs
 
@@ -37,15 +37,6 @@ def test_settings(model: Any, mode: Optional[str] = None) -> dict[str, Any]:
         settings.setdefault("crop_size", (1024, 1024))
         settings.setdefault("stride", (768, 768))
     return settings
-
-
-def _progress(items: Sequence[Any], enabled: Optional[bool]) -> Any:
-    show = sys.stderr.isatty() if enabled is None else enabled
-    if not show or len(items) < 2:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc="predict", unit="img", file=sys.stderr)
 
 
 def predict_files(
@@ -75,11 +66,13 @@ def predict_files(
     palette = palette_for(model.num_classes, config.get("dataset") if config.get("dataset") else None)
     stems = [p.stem for p in paths]
     written = []
-    for path in _progress(paths, progress):
-        rgb = load_image(path)
-        if seed is not None:
-            torch.manual_seed(seed)
-        (pred,) = model.predict(rgb, **settings)
-        stem = path.stem if stems.count(path.stem) == 1 else f"{path.parent.name}_{path.stem}"
-        written.append(save_outputs(rgb, pred.mask.numpy(), palette, out, stem))
+    with progress_bar(len(paths), "predict", progress if len(paths) > 1 else False, unit="img") as bar:
+        for path in paths:
+            rgb = load_image(path)
+            if seed is not None:
+                torch.manual_seed(seed)
+            (pred,) = model.predict(rgb, **settings)
+            stem = path.stem if stems.count(path.stem) == 1 else f"{path.parent.name}_{path.stem}"
+            written.append(save_outputs(rgb, pred.mask.numpy(), palette, out, stem))
+            bar.update(1)
     return written
