@@ -18,6 +18,12 @@ processes ask for it at once. The pieces, in the order a byte meets them:
 The hash is computed while streaming, on a worker thread that also writes to disk, so the
 socket keeps being read while the previous chunk is hashed (hashlib and file writes release
 the GIL); on resume the existing prefix is hashed once.
+
+Retries are split by what they need. Error *statuses* (408, 425, 429, 5xx) are retried by
+urllib3's ``Retry`` mounted on the session: exponential backoff and ``Retry-After`` (seconds
+or an HTTP date, capped at MAX_RETRY_AFTER). Failures *mid-body* (drops, timeouts, short
+bodies) are ours, because only we know the partial file: the next request continues it with
+``Range``/``If-Range``, and each attempt that made progress resets the count.
 """
 
 from __future__ import annotations
@@ -30,7 +36,6 @@ import os
 import queue
 import random
 import re
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -40,16 +45,19 @@ from urllib.parse import urlsplit
 
 import requests
 import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from ..errors import BadInputError, DownloadError, OfflineError, one_line
 from ..fileio import sha256_file
+from ..progress import progress_bar
 from .cache import file_lock, is_offline, offline_variable
 
 CHUNK = 1 << 20  # big reads keep Python overhead negligible next to the kernel copies
 QUEUE_DEPTH = 8  # chunks in flight between the socket reader and the hash/write worker
 MAX_BACKOFF = 30.0
 MAX_RETRY_AFTER = 60.0
-TRANSIENT_STATUS = frozenset({408, 425, 429})  # plus every 5xx
+TRANSIENT_STATUS = frozenset({408, 425, 429, *range(500, 600)})
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -93,11 +101,15 @@ class DownloadResult:
 
 
 class _Transient(Exception):
-    """A failure worth retrying (dropped connection, 5xx, timeout); resume from the partial."""
+    """A failure worth retrying (dropped connection, timeout, short body); resume from the partial."""
 
-    def __init__(self, message: str, retry_after: Optional[float] = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+
+class _StatusRetry(Retry):
+    """urllib3's Retry, with Retry-After capped: a server asking for an hour should not hang us."""
+
+    def get_retry_after(self, response: Any) -> Optional[float]:
+        seconds = super().get_retry_after(response)
+        return None if seconds is None else min(seconds, MAX_RETRY_AFTER)
 
 
 # Errors of session.get() worth a retry; other RequestExceptions (bad URL, redirect loop) are not.
@@ -263,6 +275,7 @@ class _Request:
     shown: str  # what error messages call it
     timeout: float
     bar: Any
+    retries: int
     use_range: bool = True
 
 
@@ -292,9 +305,7 @@ def _fetch(req: _Request, partial: _Partial) -> None:
         _receive(resp, req, partial, start)
 
 
-def _check_status(
-    resp: requests.Response, req: _Request, partial: _Partial, offset: int
-) -> Optional[int]:
+def _check_status(resp: requests.Response, req: _Request, partial: _Partial, offset: int) -> Optional[int]:
     """Decide where the body starts in the file; None means nothing more to read."""
     status = resp.status_code
     if status == 206 and offset > 0:
@@ -318,8 +329,9 @@ def _check_status(
             return None
         partial.reset()
         raise _Transient(f"HTTP 416 for a {offset}-byte partial (server has {total}); restarting")
-    if status >= 500 or status in TRANSIENT_STATUS:
-        raise _Transient(f"HTTP {status} {resp.reason or ''}".strip(), _retry_after(resp))
+    if status in TRANSIENT_STATUS:  # urllib3's Retry already spent its retries on it
+        raise DownloadError(f"download of {req.shown} failed after {req.retries} retries: HTTP {status} "
+                            f"{resp.reason or ''}".strip())
     raise DownloadError(f"HTTP {status} {resp.reason or ''} for {req.shown}".replace("  ", " "))
 
 
@@ -334,7 +346,9 @@ def _receive(resp: requests.Response, req: _Request, partial: _Partial, start: i
         partial.write_meta()
         if _encoded(resp):  # Range would count encoded bytes, not the ones we store
             req.use_range = False
-    _bar_at(req.bar, start, partial.total)
+        req.bar.reset(total=partial.total)
+    elif req.bar.total != partial.total:
+        req.bar.total = partial.total
     sink = _Sink(partial, truncate=start == 0)
     try:
         _pump(resp, sink, req.bar)
@@ -366,9 +380,7 @@ def _pump(resp: requests.Response, sink: _Sink, bar: Any) -> None:
             return
 
 
-def _fill(
-    source: Callable[[memoryview], int], buf: bytearray
-) -> tuple[int, Optional[BaseException]]:
+def _fill(source: Callable[[memoryview], int], buf: bytearray) -> tuple[int, Optional[BaseException]]:
     """Fill ``buf`` or reach the end of the body; on failure also say how far it got."""
     view = memoryview(buf)
     got = 0
@@ -443,35 +455,6 @@ def _validator(resp: requests.Response) -> Optional[str]:
     return resp.headers.get("Last-Modified")
 
 
-def _retry_after(resp: requests.Response) -> Optional[float]:
-    try:
-        return min(float(resp.headers["Retry-After"]), MAX_RETRY_AFTER)
-    except (KeyError, ValueError):
-        return None
-
-
-# -- progress ---------------------------------------------------------------------------------
-
-
-def _progress_bar(show: Optional[bool], desc: str) -> Any:
-    """tqdm on stderr, only on a terminal unless asked: logs and CI stay clean."""
-    from tqdm import tqdm
-
-    enabled = sys.stderr.isatty() if show is None else show
-    return tqdm(
-        total=None, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
-        file=sys.stderr, disable=not enabled, leave=True, dynamic_ncols=True,
-    )
-
-
-def _bar_at(bar: Any, n: int, total: Optional[int]) -> None:
-    if bar.disable:
-        return
-    bar.total = total
-    bar.n = bar.last_print_n = n
-    bar.refresh()
-
-
 # -- the loop ---------------------------------------------------------------------------------
 
 
@@ -484,9 +467,7 @@ def _normalise_sha(expected: Optional[str]) -> Optional[str]:
     return value
 
 
-def _retrying(
-    attempt: Callable[[], None], partial: _Partial, *, retries: int, backoff: float, shown: str
-) -> None:
+def _retrying(attempt: Callable[[], None], partial: _Partial, *, retries: int, backoff: float, shown: str) -> None:
     """Call ``attempt`` until it succeeds; each failure that made no progress uses a retry.
 
     Progress resets the count, so a long file on a link that drops every few hundred MB still
@@ -501,12 +482,9 @@ def _retrying(
         except _Transient as err:
             failures = 0 if partial.size > before else failures + 1
             if failures > retries:
-                raise DownloadError(
-                    f"download of {shown} failed after {retries} retries: {err}"
-                ) from err
+                raise DownloadError(f"download of {shown} failed after {retries} retries: {err}") from err
             delay = min(backoff * 2 ** max(failures - 1, 0), MAX_BACKOFF)
-            delay *= random.uniform(0.75, 1.0)
-            time.sleep(max(delay, err.retry_after or 0.0))
+            time.sleep(delay * random.uniform(0.75, 1.0))
 
 
 def _finish(partial: _Partial, dest: Path, expected: Optional[str], shown: str) -> DownloadResult:
@@ -521,31 +499,21 @@ def _finish(partial: _Partial, dest: Path, expected: Optional[str], shown: str) 
             f"sha256 mismatch for {shown}: expected {expected[:12]}…, got {got[:12]}… "
             "(file deleted)"
         )
-    _fsync_file(partial.path)
+    _fsync(partial.path)  # data on disk before the rename, or a power cut could leave an empty file
     os.replace(partial.path, dest)
-    _fsync_dir(dest.parent)
+    with contextlib.suppress(OSError):  # the rename itself; best effort where folders cannot be opened
+        _fsync(dest.parent)
     with contextlib.suppress(FileNotFoundError):
         partial.meta_path.unlink()
     return DownloadResult(dest, got, size, resumed=partial.resumed, downloaded=True)
 
 
-def _fsync_file(path: Path) -> None:
-    """Data on disk before the rename, or a power cut could leave a named, empty file."""
+def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable; best effort where directories cannot be opened."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _already_there(dest: Path, expected: Optional[str]) -> Optional[DownloadResult]:
@@ -564,14 +532,20 @@ def _already_there(dest: Path, expected: Optional[str]) -> Optional[DownloadResu
     return DownloadResult(dest, got, dest.stat().st_size, resumed=False, downloaded=False)
 
 
-def _session() -> requests.Session:
+def _session(retries: int, backoff: float) -> requests.Session:
+    """A session whose adapters retry error statuses (not connection errors: _retrying resumes)."""
     from .._version import __version__
 
     session = requests.Session()
-    # identity: Range offsets and Content-Length must count the bytes we store.
-    session.headers.update(
-        {"User-Agent": f"segnext-hub/{__version__}", "Accept-Encoding": "identity"}
+    status_retry = _StatusRetry(
+        total=None, connect=0, read=0, other=0, status=retries, status_forcelist=TRANSIENT_STATUS,
+        allowed_methods={"GET"}, backoff_factor=backoff, backoff_max=MAX_BACKOFF,
+        respect_retry_after_header=True, raise_on_status=False,
     )
+    for prefix in ("http://", "https://"):
+        session.mount(prefix, HTTPAdapter(max_retries=status_retry))
+    # identity: Range offsets and Content-Length must count the bytes we store.
+    session.headers.update({"User-Agent": f"segnext-hub/{__version__}", "Accept-Encoding": "identity"})
     return session
 
 
@@ -591,8 +565,9 @@ def download(
     ``dest`` is either absent or complete (and matches ``expected_sha256`` when given) when
     this returns or raises. An existing ``dest`` is returned without network, in offline mode
     too. Otherwise offline mode raises OfflineError; HTTP 4xx (except 408/425/429) raises
-    DownloadError at once; connection errors, timeouts, short bodies and 5xx are retried up
-    to ``retries`` times with exponential ``backoff``, resuming from the partial file.
+    DownloadError at once; 408/425/429/5xx are retried up to ``retries`` times with
+    exponential ``backoff`` (or the server's Retry-After); connection errors, timeouts and
+    short bodies too, each resuming from the partial file.
     ``timeout`` bounds the connect and each socket read, not the whole transfer.
     """
     dest = Path(dest)
@@ -603,9 +578,7 @@ def download(
     if existing is not None:
         return existing
     if is_offline():
-        raise OfflineError(
-            f"{offline_variable()} is set: not downloading {url} (not in the cache)"
-        )
+        raise OfflineError(f"{offline_variable()} is set: not downloading {url} (not in the cache)")
     dest.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(dest.with_name(dest.name + ".lock")):
         existing = _already_there(dest, expected)  # another process may have finished it
@@ -613,9 +586,9 @@ def download(
             return existing
         partial = _Partial(dest=dest, url=url)
         partial.load()
-        with _session() as session, _progress_bar(progress, desc or dest.name) as bar:
-            req = _Request(session=session, url=fetch_url, shown=shown, timeout=timeout, bar=bar)
-            _retrying(
-                lambda: _fetch(req, partial), partial, retries=retries, backoff=backoff, shown=shown
-            )
+        bar = progress_bar(partial.total, desc or dest.name, progress, unit="B", initial=partial.size)
+        with _session(retries, backoff) as session, bar:
+            req = _Request(session=session, url=fetch_url, shown=shown, timeout=timeout, bar=bar,
+                           retries=retries)
+            _retrying(lambda: _fetch(req, partial), partial, retries=retries, backoff=backoff, shown=shown)
         return _finish(partial, dest, expected, shown)

@@ -49,6 +49,7 @@ class Fault:
     chunked: bool = False  # Transfer-Encoding: chunked, no Content-Length
     gzip: bool = False  # Content-Encoding: gzip whatever the client asked; ranges count gzip bytes
     hang_after: Optional[int] = None  # send this many body bytes, then silence (30 s or stop)
+    retry_after: Optional[str] = None  # Retry-After header sent with ``status``
     used: int = 0
 
     def take(self) -> bool:
@@ -100,7 +101,7 @@ class _Handler(BaseHTTPRequestHandler):
         if data is None:
             return self._empty(record, 404)
         if fault.status is not None:
-            return self._empty(record, fault.status)
+            return self._empty(record, fault.status, fault.retry_after)
         body, status, headers = self._select(data, fault)
         if fault.chunked and status != 416:
             del headers["Content-Length"]
@@ -183,9 +184,11 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def _empty(self, record: Request, status: int) -> None:
+    def _empty(self, record: Request, status: int, retry_after: Optional[str] = None) -> None:
         record.status = status
         self.send_response(status)
+        if retry_after is not None:
+            self.send_header("Retry-After", retry_after)
         self.send_header("Content-Length", "0")
         self.end_headers()
 

@@ -221,6 +221,41 @@ def test_503_then_success(http_server, tmp_path, data):
     assert [r.status for r in http_server.hits("/a.bin")] == [503, 503, 200]
 
 
+def test_429_waits_for_retry_after(http_server, tmp_path, data):
+    """Loopback server answers 429 with Retry-After: 1; the retry comes only after that second
+    (backoff alone would retry after 0 s), from urllib3's Retry mounted on the session."""
+    url = http_server.add("/a.bin", data)
+    http_server.fault("/a.bin", status=429, retry_after="1")
+    start = time.monotonic()
+    result = fetch(url, tmp_path / "a.bin", expected_sha256=sha(data))
+    assert time.monotonic() - start >= 0.95
+    assert result.path.read_bytes() == data
+    assert [r.status for r in http_server.hits("/a.bin")] == [429, 200]
+
+
+def test_retry_after_is_capped(http_server, tmp_path, data, monkeypatch):
+    """A server asking for an hour is waited for at most MAX_RETRY_AFTER (lowered here)."""
+    import segnext_hub.hub.download as download_module
+
+    monkeypatch.setattr(download_module, "MAX_RETRY_AFTER", 0.2)
+    url = http_server.add("/a.bin", data)
+    http_server.fault("/a.bin", status=503, retry_after="3600")
+    start = time.monotonic()
+    assert fetch(url, tmp_path / "a.bin").path.read_bytes() == data
+    assert 0.15 <= time.monotonic() - start < 30
+    assert [r.status for r in http_server.hits("/a.bin")] == [503, 200]
+
+
+def test_resumed_download_retries_a_status_with_its_range(http_server, tmp_path, data):
+    """A 503 in the middle of a resume is retried with the same Range, not from zero."""
+    url = http_server.add("/a.bin", data)
+    http_server.fault("/a.bin", drop_after=MIB + 3)
+    http_server.fault("/a.bin", status=503)
+    result = fetch(url, tmp_path / "a.bin", expected_sha256=sha(data))
+    assert result.resumed is True and result.path.read_bytes() == data
+    assert http_server.ranges("/a.bin") == [None, f"bytes={MIB + 3}-", f"bytes={MIB + 3}-"]
+
+
 def test_persistent_5xx_gives_up_after_retries_with_backoff(http_server, tmp_path, data):
     url = http_server.add("/a.bin", data)
     http_server.fault("/a.bin", status=502, times=None)
