@@ -212,17 +212,18 @@ def _hub_license(text: Optional[str]) -> dict[str, str]:
     return {"license": "other", "license_name": "see-model-card", "license_link": "LICENSE"}
 
 
-def _front_matter(config: dict[str, Any], licence: Optional[str]) -> str:
-    import yaml
+def _card_data(config: dict[str, Any], licence: Optional[str]) -> Any:
+    """The front matter as huggingface_hub's ``ModelCardData``: the Hub's own field names and
+    YAML rendering (fields left unset are omitted)."""
+    from huggingface_hub import ModelCardData
 
     tags = ["semantic-segmentation", "segnext", "mscan", f"segnext-{config['variant']}"]
     if config.get("dataset"):
         tags.append(str(config["dataset"]))
     if config.get("kind") == "backbone":
         tags.append("backbone")
-    data: dict[str, Any] = dict(_hub_license(licence))
-    data.update({"library_name": "segnext-hub", "pipeline_tag": "image-segmentation", "tags": tags})
-    return "---\n" + yaml.safe_dump(data, sort_keys=False) + "---\n"
+    return ModelCardData(library_name="segnext-hub", pipeline_tag="image-segmentation", tags=tags,
+                         **_hub_license(licence))
 
 
 def _fmt(value: Optional[float], digits: int = 2) -> str:
@@ -369,7 +370,10 @@ def model_card(config: dict[str, Any], repo_id: str, *, artifact: Any = None,
                "MD_R, source hash and verification.",
                f"- `{CONFIG_FILE}`: what `segnext_hub.load` needs to build the model (same schema as "
                "the segnext-hub cache).", ""])
-    return _front_matter(config, licence) + "\n" + "\n".join(body)
+    from huggingface_hub import ModelCard
+
+    front = _card_data(config, licence).to_yaml()
+    return str(ModelCard(f"---\n{front}\n---\n\n" + "\n".join(body)))  # parsing it back checks the YAML
 
 
 # --------------------------------------------------------------------------- push / download
