@@ -10,15 +10,18 @@ change them without re-importing the module.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import functools
 import json
 import os
 import re
 import shutil
+import types
 import uuid
 import warnings
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from ..errors import BadInputError
 from ..fileio import atomic_writer
@@ -41,26 +44,58 @@ def _env_path(var: str) -> Optional[Path]:
     return Path(value).expanduser() if value else None
 
 
-def hf_assets_cache() -> Path:
-    """The Hugging Face assets cache, resolved the way huggingface_hub resolves it.
+@functools.lru_cache(maxsize=1)
+def _hf_constants_code() -> Any:
+    from huggingface_hub import constants
 
-    ``$HF_ASSETS_CACHE``, else ``$HF_HOME/assets``, else
-    ``${XDG_CACHE_HOME:-~/.cache}/huggingface/assets``. Re-implemented rather than read from
-    ``huggingface_hub.constants`` because that module freezes the environment at import.
+    with open(constants.__file__, encoding="utf-8") as handle:
+        return compile(handle.read(), constants.__file__, "exec")
+
+
+def hf_constants() -> dict:
+    """``huggingface_hub.constants`` evaluated now, against today's environment.
+
+    That module freezes the environment when it is first imported, so a long-lived process
+    or a test would miss later changes. Running its own code again (compiled once; about a
+    millisecond) keeps its exact rules (``HF_HUB_CACHE``/``HF_ASSETS_CACHE``, the legacy
+    ``HUGGINGFACE_*`` names, ``HF_HOME``, ``XDG_CACHE_HOME``, ``~`` and ``$VAR`` expansion)
+    without us restating them. One deliberate difference: the code sees a copy of the
+    environment without empty variables, so ``HF_HOME=`` means unset, as for
+    ``SEGNEXT_HUB_CACHE``, instead of a relative ``hub``/``assets`` folder in the current
+    directory. Nothing global changes: ``os.environ`` and the imported module are untouched.
     """
-    assets = _env_path("HF_ASSETS_CACHE")
-    if assets is not None:
-        return assets
-    home = _env_path("HF_HOME")
-    if home is None:
-        xdg = _env_path("XDG_CACHE_HOME") or Path("~/.cache").expanduser()
-        home = xdg / "huggingface"
-    return home / "assets"
+    env = {key: value for key, value in os.environ.items() if value.strip()}
+    os_view = types.ModuleType("os")
+    os_view.__dict__.update(vars(os))
+    os_view.environ = env  # type: ignore[attr-defined]
+    os_view.getenv = env.get  # type: ignore[attr-defined]
+
+    def _import(name: str, *args: Any, **kwargs: Any) -> Any:
+        return os_view if name == "os" else builtins.__import__(name, *args, **kwargs)
+
+    namespace: dict = {"__name__": "segnext_hub._hf_constants_now",
+                       "__builtins__": {**vars(builtins), "__import__": _import}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # huggingface_hub already warned at its import
+        exec(_hf_constants_code(), namespace)  # noqa: S102 - huggingface_hub's own module source
+    return namespace
+
+
+def hf_assets_cache() -> Path:
+    """The Hugging Face assets cache, exactly as huggingface_hub resolves it (see
+    :func:`hf_constants`): ``$HF_ASSETS_CACHE``, else ``$HF_HOME/assets``, else
+    ``${XDG_CACHE_HOME:-~/.cache}/huggingface/assets``."""
+    return Path(hf_constants()["HF_ASSETS_CACHE"])
 
 
 def cache_root() -> Path:
     """``$SEGNEXT_HUB_CACHE``, else ``<HF assets cache>/segnext_hub``, so that people who
-    already moved their Hugging Face cache to a big disk get ours moved with it."""
+    already moved their Hugging Face cache to a big disk get ours moved with it.
+
+    Not ``huggingface_hub.cached_assets_path``: it always adds ``<namespace>/<subfolder>``
+    levels (moving every existing cache), resolves symlinks and creates the folder, while
+    looking up an artifact here must never write.
+    """
     return _env_path("SEGNEXT_HUB_CACHE") or hf_assets_cache() / "segnext_hub"
 
 

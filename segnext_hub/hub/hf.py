@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from ..errors import BadInputError, DownloadError, OfflineError, SegnextHubError
-from .cache import is_offline, offline_variable
+from .cache import hf_constants, is_offline, offline_variable
 from .config import CONFIG_FILE, MODEL_FILE, REPO_FILES, read_config
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -39,18 +39,10 @@ def hub_endpoint(endpoint: Optional[str] = None) -> str:
 
 
 def hf_hub_cache() -> Path:
-    """Where huggingface_hub keeps downloaded repos, resolved as it resolves it, but now.
-
-    ``$HF_HUB_CACHE``, else ``$HUGGINGFACE_HUB_CACHE``, else ``$HF_HOME/hub``, else
-    ``${XDG_CACHE_HOME:-~/.cache}/huggingface/hub``.
-    """
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if value := os.environ.get(var, "").strip():
-            return Path(value).expanduser()
-    if home := os.environ.get("HF_HOME", "").strip():
-        return Path(home).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip() or "~/.cache"
-    return Path(xdg).expanduser() / "huggingface" / "hub"
+    """Where huggingface_hub keeps downloaded repos, by its own rules but read now (see
+    ``cache.hf_constants``): ``$HF_HUB_CACHE``, else ``$HUGGINGFACE_HUB_CACHE``, else
+    ``$HF_HOME/hub``, else ``${XDG_CACHE_HOME:-~/.cache}/huggingface/hub``."""
+    return Path(hf_constants()["HF_HUB_CACHE"])
 
 
 def _offline_reason() -> Optional[str]:

@@ -16,9 +16,10 @@ import pytest
 
 from segnext_hub.errors import BadInputError
 from segnext_hub.hub import cache
+from segnext_hub.hub.hf import hf_hub_cache
 
-CACHE_VARS = ("SEGNEXT_HUB_CACHE", "HF_ASSETS_CACHE", "HF_HOME", "XDG_CACHE_HOME",
-              "SEGNEXT_HUB_OFFLINE", "HF_HUB_OFFLINE")
+CACHE_VARS = ("SEGNEXT_HUB_CACHE", "HF_ASSETS_CACHE", "HF_HOME", "XDG_CACHE_HOME", "HF_HUB_CACHE",
+              "HUGGINGFACE_HUB_CACHE", "HUGGINGFACE_ASSETS_CACHE", "SEGNEXT_HUB_OFFLINE", "HF_HUB_OFFLINE")
 
 
 @pytest.fixture(autouse=True)
@@ -94,6 +95,31 @@ def test_agrees_with_huggingface_hub(tmp_path):
                 mp.setenv(key, value)
             ours.append(str(cache.hf_assets_cache()))
     assert ours == theirs
+
+
+def test_hf_variables_are_expanded_like_huggingface_hub_does(monkeypatch, tmp_path):
+    """``$VAR`` in HF_HOME is expanded (os.path.expandvars in huggingface_hub.constants); the
+    old hand-written resolution left ``$BIG`` in the path. Self-written environment."""
+    monkeypatch.setenv("BIG", str(tmp_path / "disk"))
+    monkeypatch.setenv("HF_HOME", "$BIG/hf")
+    assert cache.cache_root() == tmp_path / "disk/hf/assets/segnext_hub"
+    assert hf_hub_cache() == tmp_path / "disk/hf/hub"
+
+
+def test_legacy_huggingface_variables_and_call_time_reading(monkeypatch, tmp_path):
+    """HUGGINGFACE_ASSETS_CACHE (huggingface_hub's legacy name) counts, HF_ASSETS_CACHE beats
+    it, and every change is seen at once although huggingface_hub.constants is frozen."""
+    monkeypatch.setenv("HUGGINGFACE_ASSETS_CACHE", str(tmp_path / "legacy"))
+    assert cache.cache_root() == tmp_path / "legacy/segnext_hub"
+    monkeypatch.setenv("HF_ASSETS_CACHE", str(tmp_path / "new"))
+    assert cache.cache_root() == tmp_path / "new/segnext_hub"
+    monkeypatch.setenv("HUGGINGFACE_HUB_CACHE", str(tmp_path / "old-hub"))
+    assert hf_hub_cache() == tmp_path / "old-hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert hf_hub_cache() == tmp_path / "hub"
+    import huggingface_hub.constants as frozen
+
+    assert frozen.HF_HUB_CACHE != str(tmp_path / "hub")  # the module itself stays as imported
 
 
 # -- artifact folders -----------------------------------------------------------------------
