@@ -37,6 +37,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from ..ham_head import NMF2D, LightHamHead
 from ..mscan import MSCAN, MSCABlock
@@ -84,15 +85,29 @@ def fuse(model: nn.Module, *, channels_last: bool = True, autocast_dtype: Option
 
 
 # ---------------------------------------------------------------------------- folding
-def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
-    """Eval-mode BatchNorm as ``scale * x + shift``, in float64 to keep folding exact."""
+def _bn_stats(bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+    """Running mean and variance, weight and bias, in float64 to keep folding exact."""
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("cannot fold a BatchNorm without running statistics")
-    var, mean = bn.running_var.double(), bn.running_mean.double()
-    weight = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
-    bias = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
-    scale = weight / torch.sqrt(var + bn.eps)
-    return scale, bias - mean * scale
+    parts = (bn.running_mean, bn.running_var, bn.weight, bn.bias)
+    mean, var, weight, bias = (None if t is None else t.detach().double() for t in parts)
+    return mean, var, weight, bias  # type: ignore[return-value]
+
+
+def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
+    """Eval-mode BatchNorm as ``scale * x + shift``: for a BatchNorm *before* a conv (the
+    blocks' pre-norms), which torch's fusion helpers do not cover."""
+    mean, var, weight, bias = _bn_stats(bn)
+    scale = (weight if weight is not None else torch.ones_like(var)) / torch.sqrt(var + bn.eps)
+    return scale, (bias if bias is not None else torch.zeros_like(var)) - mean * scale
+
+
+def _fold_bn(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> FusedConv:
+    """BatchNorm *after* a conv, folded by ``torch.nn.utils.fusion.fuse_conv_bn_weights``
+    (fed float64, so it rounds once, when the result is cast to the model's dtype)."""
+    mean, var, bn_weight, bn_bias = _bn_stats(bn)
+    weight, bias = fuse_conv_bn_weights(*_conv_parts(conv), mean, var, bn.eps, bn_weight, bn_bias)
+    return _frozen(conv, weight.detach(), bias.detach())
 
 
 def _conv_parts(conv: nn.Conv2d) -> tuple[Tensor, Tensor]:
@@ -113,7 +128,7 @@ def _copy(conv: nn.Conv2d) -> FusedConv:
 
 
 def _fold_output_affine(conv: nn.Conv2d, scale: Tensor, shift: Tensor) -> FusedConv:
-    """affine(conv(x)) as one conv: BatchNorm after a conv, or a layer scale."""
+    """affine(conv(x)) as one conv: a layer scale (BatchNorms after a conv use _fold_bn)."""
     weight, bias = _conv_parts(conv)
     return _frozen(conv, weight * scale.view(-1, 1, 1, 1), bias * scale + shift)
 
@@ -218,10 +233,9 @@ def _mlp_band_rows(x: Tensor, hidden: int) -> Optional[int]:
 def _fused_embed(embed: nn.Module) -> nn.ModuleList:
     """Stem (conv-BN-GELU-conv-BN) or patch embed (conv-BN) as folded convs."""
     if hasattr(embed, "norm"):
-        return nn.ModuleList([_fold_output_affine(embed.proj, *_bn_affine(embed.norm))])
+        return nn.ModuleList([_fold_bn(embed.proj, embed.norm)])
     conv_a, bn_a, _, conv_b, bn_b = embed.proj
-    return nn.ModuleList([_fold_output_affine(conv_a, *_bn_affine(bn_a)),
-                          _fold_output_affine(conv_b, *_bn_affine(bn_b))])
+    return nn.ModuleList([_fold_bn(conv_a, bn_a), _fold_bn(conv_b, bn_b)])
 
 
 def _memory_format(options: FuseOptions) -> torch.memory_format:
