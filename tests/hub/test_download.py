@@ -172,6 +172,21 @@ def test_progress_bar_on_request(http_server, tmp_path, data, capsys):
     assert "mscan-t" in err and "100%" in err
 
 
+def test_progress_bar_of_a_resumed_download_starts_at_the_partial(http_server, tmp_path, data, capsys):
+    """tqdm(initial=...): the bar's first frame already counts the bytes kept from the run
+    that failed (loopback server: a drop, then 500s until the retries run out)."""
+    url = http_server.add("/a.bin", data)
+    http_server.fault("/a.bin", drop_after=len(data) // 2)
+    http_server.fault("/a.bin", status=500, times=None)
+    with pytest.raises(DownloadError):
+        fetch(url, tmp_path / "a.bin", retries=0)
+    http_server.clear_faults("/a.bin")
+    capsys.readouterr()
+    fetch(url, tmp_path / "a.bin", progress=True, desc="resumed")
+    frames = [f for f in capsys.readouterr().err.replace("\r", "\n").splitlines() if "resumed" in f]
+    assert frames[0].split("%")[0].split()[-1] == "50" and "100%" in frames[-1]
+
+
 def test_malformed_expected_hash_is_rejected_before_network(http_server, tmp_path, data):
     url = http_server.add("/a.bin", data)
     with pytest.raises(BadInputError, match="64 hex"):
