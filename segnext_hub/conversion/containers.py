@@ -288,12 +288,13 @@ def _decode_safetensors(buf: memoryview) -> Tuple[Any, Dict[str, str]]:
     """Parse the header ourselves so tensors can view the buffer already read and hashed.
 
     Kept rather than the safetensors package, measured by ``benchmarks/bench_safetensors.py``
-    (L state dict, 187 MiB, medians of 5): ``safetensors.torch.load(bytes(buf))`` took
-    1.38x-2.76x our time and one more file size of peak RSS (it needs ``bytes``: a copy);
-    ``sha256 pass + load_file`` costs the same as ours (1.00x-1.01x once every tensor is
-    used) but maps the file a second time, so the tensors would not be the bytes whose hash
-    is reported (a file replaced in between goes unnoticed), and decoders here work on any
-    buffer. The checks below are the format's own rules (contiguous, in-bounds, sizes
+    (L state dict, 187 MiB, medians of 5, on 2 shared CPUs, so times vary by run):
+    ``safetensors.torch.load(bytes(buf))`` always needs one more file size of peak RSS
+    (3.03x vs 2.03x the file; it takes ``bytes``, a copy) and took 0.64x-2.76x our time;
+    ``sha256 pass + load_file`` took 0.81x-1.01x with every tensor used, the same peak RSS,
+    but it maps the file a second time, so the tensors would not be the bytes whose hash is
+    reported (a file renamed over in between goes unnoticed), and decoders here take any
+    buffer. No speed gain that would pay for that. The checks below are the format's own rules (contiguous, in-bounds, sizes
     matching shapes and dtypes, text-only metadata), each a one-line BadInputError.
     """
     header_len = int.from_bytes(buf[:8], "little")

@@ -2,10 +2,10 @@
 
 The safetensors writer stays hand-written (a JSON header and the raw bytes) rather than
 ``safetensors.torch.save_file`` + a sha256 pass, measured by ``benchmarks/bench_safetensors.py``
-on an L state dict (187 MiB, 2 CPUs, medians of 5, three runs): the library path took
-1.08x-1.55x our time (0.60 s vs 0.39 s on the quietest run), because the hash needs a
-second pass over the file; ``safetensors.torch.save`` + hashing the bytes took 1.6x-1.9x
-and one more file size of RAM. save_file would also refuse tensors sharing memory, which
+on an L state dict (187 MiB, 2 shared CPUs, medians of 5, four runs): the library path
+took 1.08x-1.55x our time in every run (0.60 s vs 0.39 s on the quietest), because the hash
+needs a second pass over the file; ``safetensors.torch.save`` + hashing the bytes took
+1.6x-2.7x and one more file size of RAM. save_file would also refuse tensors sharing memory, which
 this writer stores once per name. Files load with ``safetensors.torch.load_file`` and keep
 their metadata (tested).
 """
