@@ -39,17 +39,21 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}")
 
 
 def _env_path(var: str) -> Optional[Path]:
-    """An empty variable counts as unset, as it does for huggingface_hub."""
+    """An empty variable counts as unset, as for the Hugging Face ones (see hf_constants)."""
     value = os.environ.get(var, "").strip()
     return Path(value).expanduser() if value else None
 
 
 @functools.lru_cache(maxsize=1)
 def _hf_constants_code() -> Any:
+    """The compiled source of huggingface_hub.constants; None where it ships without source."""
     from huggingface_hub import constants
 
-    with open(constants.__file__, encoding="utf-8") as handle:
-        return compile(handle.read(), constants.__file__, "exec")
+    try:
+        with open(constants.__file__, encoding="utf-8") as handle:
+            return compile(handle.read(), constants.__file__, "exec")
+    except (OSError, TypeError, SyntaxError):
+        return None
 
 
 def hf_constants() -> dict:
@@ -64,6 +68,11 @@ def hf_constants() -> dict:
     ``SEGNEXT_HUB_CACHE``, instead of a relative ``hub``/``assets`` folder in the current
     directory. Nothing global changes: ``os.environ`` and the imported module are untouched.
     """
+    code = _hf_constants_code()
+    if code is None:  # no source to re-run: the values frozen at import are the best there is
+        from huggingface_hub import constants
+
+        return dict(vars(constants))
     env = {key: value for key, value in os.environ.items() if value.strip()}
     os_view = types.ModuleType("os")
     os_view.__dict__.update(vars(os))
@@ -73,11 +82,11 @@ def hf_constants() -> dict:
     def _import(name: str, *args: Any, **kwargs: Any) -> Any:
         return os_view if name == "os" else builtins.__import__(name, *args, **kwargs)
 
-    namespace: dict = {"__name__": "segnext_hub._hf_constants_now",
+    namespace: dict = {"__name__": "segnext_hub._hf_constants_now", "__package__": "huggingface_hub",
                        "__builtins__": {**vars(builtins), "__import__": _import}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # huggingface_hub already warned at its import
-        exec(_hf_constants_code(), namespace)  # noqa: S102 - huggingface_hub's own module source
+        exec(code, namespace)  # noqa: S102 - huggingface_hub's own module source
     return namespace
 
 
