@@ -9,7 +9,8 @@ A cache folder holds, per artifact name::
     <cache>/<name>/manifest.json        hashes, hash status, conversion report
 
 The manifest is written last, so a folder without one is an unfinished pull and is
-never trusted; a second pull of a complete folder touches no network.
+never trusted; a second pull of a complete folder touches no network -- nor torch:
+the converter is imported only when something is downloaded.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .._version import __version__
-from ..conversion.converter import convert_checkpoint, write_output
-from ..conversion.reading import read_checkpoint
 from ..errors import BadInputError, DownloadError, OfflineError, SegnextHubError
 from ..fileio import atomic_write_bytes, sha256_file
 from .cache import (
@@ -36,7 +35,6 @@ from .cache import (
     write_manifest,
 )
 from .config import CONFIG_FILE, MODEL_FILE, make_config
-from .download import download
 from .registry import Artifact, get_artifact
 
 MANIFEST_VERSION = 1
@@ -100,6 +98,13 @@ def pull(name: str, *, strict: bool = False, progress: Optional[bool] = None, fo
 
 
 def _pull_locked(art: Artifact, folder: Path, *, strict: bool, progress: Optional[bool]) -> PullResult:
+    # Conversion needs torch and downloading needs requests; both are imported here so that
+    # a cached pull, list, info, path and verify (which all import this module) are kept
+    # out of them and answer at once.
+    from ..conversion.converter import convert_checkpoint, write_output
+    from ..conversion.reading import read_checkpoint
+    from .download import download
+
     started = time.time()
     manifest_file = folder / "manifest.json"
     if manifest_file.exists():
@@ -154,6 +159,8 @@ def _pull_locked(art: Artifact, folder: Path, *, strict: bool, progress: Optiona
 
 def _fetch_log(art: Artifact, folder: Path, progress: Optional[bool]) -> tuple[Optional[str], Optional[str]]:
     """The training log is a convenience: failing to get it never fails the pull."""
+    from .download import download  # kept out of the fast commands, like in _pull_locked
+
     if not art.log_url:
         return None, None
     name = art.log_url.rstrip("/").rsplit("/", 1)[-1] or "train.log.json"
