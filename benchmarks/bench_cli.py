@@ -102,11 +102,11 @@ def main() -> None:
                 times.setdefault(("convert", label), []).append(timed(argv, env))
             for label, rest in table.items():
                 for entry, prefix in entries.items():
-                    if rest[0] == "rm" and not (cache / NAME).exists():
+                    if not (cache / NAME).exists():
                         shutil.copytree(spare, cache / NAME)  # rm removes a real cached folder each time
                     times.setdefault((entry, label), []).append(timed(prefix + rest, env))
-                if rest[0] == "rm":
-                    shutil.copytree(spare, cache / NAME)
+            if not (cache / NAME).exists():
+                shutil.copytree(spare, cache / NAME)
 
     median = {key: statistics.median(values) for key, values in times.items()}
     torch_s = median[("baseline", TORCH)]
@@ -126,7 +126,8 @@ def main() -> None:
             ok = ok and max(m, s) < CACHED_PULL_TARGET_S
         if not ok:
             failures.append(label)
-        print(f"| {label} | {m:.3f} s | {m / torch_s:.2f}x | {s:.3f} s | {s / torch_s:.2f}x | {'met' if ok else 'MISSED'} |")
+        verdict = "met" if ok else "MISSED"
+        print(f"| {label} | {m:.3f} s | {m / torch_s:.2f}x | {s:.3f} s | {s / torch_s:.2f}x | {verdict} |")
     for label in convert_help:
         c = median[("convert", label)]
         worst = max(worst, c / torch_s)
@@ -135,7 +136,8 @@ def main() -> None:
             failures.append(label)
         print(f"| {label} | {c:.3f} s | {c / torch_s:.2f}x | | | {'met' if ok else 'MISSED'} |")
     print()
-    print(f"worst ratio {worst:.2f}x; " + (f"targets MISSED: {', '.join(failures)}" if failures else "every target met"))
+    verdict = f"targets MISSED: {', '.join(failures)}" if failures else "every target met"
+    print(f"worst ratio {worst:.2f}x; {verdict}")
 
 
 if __name__ == "__main__":

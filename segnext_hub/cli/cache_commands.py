@@ -1,4 +1,10 @@
-"""Cache commands: list, pull, path, info, verify, rm, log."""
+"""Cache commands: list, pull, path, info, verify, rm, log.
+
+None of them imports torch unless a pull has to download and convert: the registry and the
+cache are plain data, and hub.pull imports the converter only then. Each command imports
+what it uses on call, so ``--help`` imports none of it. tests/cli/test_fast_commands.py runs
+every one of them in a subprocess and checks the interpreter's import list.
+"""
 
 from __future__ import annotations
 

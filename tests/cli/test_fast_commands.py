@@ -141,8 +141,9 @@ def test_cached_artifact_commands_import_no_torch(mirror):
         again = hub("pull", "-q", "mscan-t", entry=entry)
         assert (again.code, again.stdout.strip()) == (0, str(pulled.path)), again.stderr
         assert again.torch_modules == [], f"{entry} pull (cached): {again.torch_modules[:3]}"
+        log_file = str(pulled.path / pulled.manifest["log_file"])
         for args in (["list", "--cached"], ["info", "mscan-t"], ["path", "mscan-t"], ["verify"],
-                     ["verify", "mscan-t"], ["log", "mscan-t"], ["log", str(pulled.path / pulled.manifest["log_file"])]):
+                     ["verify", "mscan-t"], ["log", "mscan-t"], ["log", log_file]):
             result = hub(*args, entry=entry)
             assert result.code == 0, f"{entry} {args}: {result.stderr}"
             assert result.torch_modules == [], f"{entry} {args}: {result.torch_modules[:3]}"

@@ -29,7 +29,8 @@ _MODELS = sorted({(a.variant, a.kind, a.num_classes or 0) for a in list_artifact
 @pytest.mark.parametrize("variant, kind, num_classes", _MODELS, ids=lambda v: str(v))
 def test_params_field_equals_the_real_models_parameter_count(variant, kind, num_classes):
     real = real_param_count(variant, kind, num_classes or None)
-    same_model = [a for a in list_artifacts() if (a.variant, a.kind, a.num_classes or 0) == (variant, kind, num_classes)]
+    same_model = [a for a in list_artifacts()
+                  if (a.variant, a.kind, a.num_classes or 0) == (variant, kind, num_classes)]
     wrong = {a.name: a.params for a in same_model if a.params != real}
     assert not wrong, f"registry params differ from the model's {real}: {wrong}"
     assert all(expected_param_count(a) == real for a in same_model)
