@@ -2,7 +2,9 @@
 
 Tensor rebuild functions, OrderedDict and friends, numpy arrays, dtypes and scalars
 (decoded from their bytes with ``np.frombuffer``; numpy's own code never runs on them),
-and the storage types torch pickles name. Nothing here imports what a pickle names.
+Jittor's ``Var`` (rebuilt as the numpy array it was pickled with), and the storage types
+torch pickles name. Nothing here imports what a pickle names. Builders that hash, quote or
+copy what the pickle gave them do so within the bounds of :mod:`.pickled`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from .pickled import (
     _Marker,
     _Safe,
     _Storage,
+    check_keys,
+    current_limits,
+    safe_repr,
 )
 
 _EXPAND_LIMIT, _EXPAND_FLOOR = 64, 1 << 24  # a view may have at most this many elements more than its storage
@@ -38,9 +43,7 @@ def _strided(storage: Any, offset: Any, size: Any, stride: Any, dtype: Optional[
     """A view of a storage, checked against its bounds (torch would check too, less clearly)."""
     if not isinstance(storage, _Storage):
         raise CorruptData(f"tensor rebuilt from a {type(storage).__name__} instead of a storage")
-    base = storage.data
-    if dtype is not None:
-        base = _reinterpret(base, dtype)
+    base = storage.data if dtype is None else _typed(storage, dtype)
     size, stride = _ints(size, "size"), _ints(stride, "stride")
     if type(offset) is not int or offset < 0 or len(size) != len(stride) or min(size + stride, default=0) < 0:
         raise CorruptData("tensor has an invalid offset, size or stride")
@@ -48,26 +51,38 @@ def _strided(storage: Any, offset: Any, size: Any, stride: Any, dtype: Optional[
         return torch.empty(size, dtype=base.dtype)
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if last >= base.numel():
-        raise CorruptData(f"tensor of size {list(size)} reaches past its storage of {base.numel()} elements")
+        raise CorruptData(f"tensor of size {safe_repr(list(size))} reaches past its storage of {base.numel()} elements")
     numel = math.prod(size)
     if numel > max(_EXPAND_LIMIT * base.numel(), _EXPAND_FLOOR):
         # Zero strides are legal (saved expand() views), but a few bytes must not turn into an
         # array that OOMs whoever later calls .contiguous() on it.
-        raise CorruptData(f"tensor of size {list(size)} expands a storage of {base.numel()} elements implausibly")
+        raise CorruptData(f"tensor of size {safe_repr(list(size))} expands a storage of {base.numel()} elements "
+                          "implausibly")
     return base.as_strided(size, stride, offset)
 
 
-def _reinterpret(base: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """An untyped (uint8) storage seen as ``dtype``, as ``_rebuild_tensor_v3`` expects."""
+def _typed(storage: _Storage, dtype: Any) -> torch.Tensor:
+    """An untyped (uint8) storage seen as ``dtype``, as ``_rebuild_tensor_v3`` expects; made once
+    per storage and dtype, so a file that rebuilds one misaligned storage 2,000 times gets one copy."""
     if not isinstance(dtype, torch.dtype):
         raise CorruptData("tensor dtype is not a torch dtype")
+    base = storage.data
     if dtype == base.dtype:
         return base
+    typed = storage.typed.get(dtype)
+    if typed is None:
+        typed = storage.typed[dtype] = _reinterpret(base, dtype)
+    return typed
+
+
+def _reinterpret(base: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if base.numel() % dtype.itemsize:
         raise CorruptData(f"storage of {base.numel()} bytes is not a whole number of {dtype} elements")
     if dtype == torch.bool:
+        current_limits().spend(base.numel(), "a bool view of a storage")
         return base.view(torch.uint8) != 0
     if base.data_ptr() % dtype.itemsize:
+        current_limits().spend(base.numel() * base.element_size(), "an aligned copy of a misaligned storage")
         base = base.clone()
     return base.view(torch.uint8).view(dtype)
 
@@ -89,10 +104,10 @@ def _rebuild_parameter(data: Any, *_: Any) -> torch.Tensor:
 
 
 def _rebuild_from_type(func: Any, new_type: Any, args: Any, state: Any) -> torch.Tensor:
-    if func not in _TENSOR_REBUILDERS or not isinstance(args, tuple):
-        raise UnsafeName(f"torch._tensor._rebuild_from_type_v2 with {func!r}")
+    if not any(func is rebuild for rebuild in _TENSOR_REBUILDERS) or not isinstance(args, tuple):
+        raise UnsafeName(f"torch._tensor._rebuild_from_type_v2 with {safe_repr(func)}")
     if not (isinstance(new_type, _Marker) or _is_placeholder_class(new_type)):
-        raise UnsafeName(f"torch._tensor._rebuild_from_type_v2 for {new_type!r}")
+        raise UnsafeName(f"torch._tensor._rebuild_from_type_v2 for {safe_repr(new_type)}")
     return func(*args)
 
 
@@ -111,8 +126,8 @@ _TEXT_CODECS = {"latin1", "latin-1", "ascii", "utf-8", "utf8"}
 
 def _codecs_encode(text: Any, encoding: Any = "utf-8", *_: Any) -> bytes:
     """What protocol-2 pickles use to carry bytes: ``_codecs.encode(str, 'latin1')``."""
-    if type(text) is not str or encoding not in _TEXT_CODECS:
-        raise UnsafeName(f"_codecs.encode with encoding {encoding!r}")
+    if type(text) is not str or type(encoding) is not str or encoding not in _TEXT_CODECS:
+        raise UnsafeName(f"_codecs.encode with encoding {safe_repr(encoding)}")
     return text.encode(encoding)
 
 
@@ -122,6 +137,10 @@ def _plain_constructor(kind: type, accepts: Tuple[type, ...], max_args: int) -> 
     def build(*args: Any) -> Any:
         if len(args) > max_args or not all(type(arg) in accepts for arg in args):
             raise CorruptData(f"builtins.{kind.__name__} called with unsupported arguments")
+        if kind in (set, frozenset) and args:
+            check_keys(args[0], "set member")
+        elif kind is dict and args:
+            _check_pairs(args[0], "builtins.dict")
         if kind in (bytes, bytearray) and args and type(args[0]) is str:
             if len(args) != 2 or args[1] not in _TEXT_CODECS:
                 raise CorruptData(f"builtins.{kind.__name__} with an unsupported encoding")
@@ -137,7 +156,18 @@ _SCALARS = (type(None), bool, int, float, complex, str, bytes)
 def _ordered_dict(items: Any = ()) -> collections.OrderedDict:
     if type(items) not in _CONTAINERS:
         raise CorruptData("collections.OrderedDict called with unsupported arguments")
+    _check_pairs(items, "collections.OrderedDict")
     return collections.OrderedDict(items)
+
+
+def _check_pairs(items: Any, what: str) -> None:
+    """What ``dict(items)`` would hash: the keys of a mapping, or of each (key, value) pair."""
+    if isinstance(items, dict):
+        return  # its keys passed the unpickler's check when it was built
+    for pair in items:
+        if type(pair) not in (tuple, list) or len(pair) != 2:
+            raise CorruptData(f"{what} called with items that are not (key, value) pairs")
+    check_keys(pair[0] for pair in items)
 
 
 def _defaultdict(*_: Any) -> dict:
@@ -147,20 +177,22 @@ def _defaultdict(*_: Any) -> dict:
 
 def _copyreg_reconstructor(cls: Any, base: Any, state: Any) -> Placeholder:
     if not _is_placeholder_class(cls) or base is not _OBJECT:
-        raise UnsafeName(f"copyreg._reconstructor for {cls!r}")
+        raise UnsafeName(f"copyreg._reconstructor for {safe_repr(cls)}")
     return cls() if state is None else cls(state)
 
 
 def _copyreg_newobj(cls: Any, *args: Any) -> Placeholder:
     if not _is_placeholder_class(cls):
-        raise UnsafeName(f"copyreg.__newobj__ for {cls!r}")
+        raise UnsafeName(f"copyreg.__newobj__ for {safe_repr(cls)}")
     return cls(*args)
 
 
 def _copyreg_newobj_ex(cls: Any, args: Any, kwargs: Any) -> Placeholder:
     if not _is_placeholder_class(cls) or not isinstance(args, tuple) or not isinstance(kwargs, dict):
-        raise UnsafeName(f"copyreg.__newobj_ex__ for {cls!r}")
-    return cls(*args, **{str(k): v for k, v in kwargs.items()})
+        raise UnsafeName(f"copyreg.__newobj_ex__ for {safe_repr(cls)}")
+    if not all(type(key) is str for key in kwargs):
+        raise CorruptData("copyreg.__newobj_ex__ with keyword names that are not text")
+    return cls(*args, **kwargs)
 
 
 # ----- numpy: decoded from the pickled bytes with np.frombuffer; numpy's own code never runs on it
@@ -206,21 +238,37 @@ class _NumpyArray:
 
     __slots__ = ("state",)
 
-    def __init__(self) -> None:
-        self.state: Any = None
+    def __init__(self, state: Any = None) -> None:
+        self.state: Any = state
 
     def __setstate__(self, state: Any) -> None:
         self.state = state
 
-    def finish(self) -> Any:
+    def _parts(self) -> Tuple[Any, Any, bool, Any]:
         state = self.state
         if isinstance(state, tuple) and len(state) == 5:
             state = state[1:]
-        if not isinstance(state, tuple) or len(state) != 4:
+        if not isinstance(state, tuple) or len(state) != 4 or type(state[2]) not in (bool, int):
             raise CorruptData("numpy array without a valid state")
         shape, dtype, fortran, raw = state
+        return _ints(shape, "shape"), dtype, bool(fortran), raw
+
+    def share_key(self) -> tuple:
+        """Arrays made from the very same payload object with the same dtype, shape and order are one
+        value (numpy never pickles two arrays over one bytes object; a crafted file may, 2,000 times).
+
+        The key holds the payload's ``id``: sound while converting one unpickled tree, because every
+        payload a pending array refers to is alive, so no id can be that of a payload freed earlier.
+        """
+        shape, dtype, fortran, raw = self._parts()
+        if not isinstance(dtype, _NumpyDtype) or type(dtype.spec) is not str:
+            raise CorruptData("numpy array without a dtype")
+        return id(raw), dtype.spec, dtype.byteorder, shape, fortran
+
+    def finish(self) -> Any:
+        shape, dtype, fortran, raw = self._parts()
         self.state = None  # free the pickled bytes as soon as they are converted
-        return _numpy_value(raw, dtype, _ints(shape, "shape"), "F" if fortran else "C")
+        return _numpy_value(raw, dtype, shape, "F" if fortran else "C")
 
 
 _BUILDABLE = (Placeholder, _NumpyDtype, _NumpyArray)
@@ -228,13 +276,25 @@ _BUILDABLE = (Placeholder, _NumpyDtype, _NumpyArray)
 
 def _numpy_reconstruct(subtype: Any, shape: Any = (0,), code: Any = b"b") -> _NumpyArray:
     if subtype is not _NDARRAY:
-        raise UnsafeName(f"numpy _reconstruct of {subtype!r}")
+        raise UnsafeName(f"numpy _reconstruct of {safe_repr(subtype)}")
     return _NumpyArray()
 
 
-def _numpy_frombuffer(raw: Any, dtype: Any, shape: Any, order: Any) -> Any:
-    """Protocol-5 pickles of numpy arrays: the data arrives in one buffer, built at once."""
-    return _numpy_value(raw, dtype, _ints(shape, "shape"), "F" if order == "F" else "C")
+def _numpy_frombuffer(raw: Any, dtype: Any, shape: Any, order: Any) -> _NumpyArray:
+    """Protocol-5 pickles of numpy arrays: the data arrives in one buffer; converted (and shared)
+    after unpickling like every other array."""
+    return _NumpyArray((shape, dtype, type(order) is str and order == "F", raw))
+
+
+def _jittor_var(*args: Any, **kwargs: Any) -> Any:
+    """``jittor.jittor_core.Var(ndarray)``: what ``Var.__reduce__`` pickles (Jittor >= 1.3.9 saves Vars
+    as they are; see tests/data/jittor/README.md). The call holds one numpy array and nothing else,
+    so the value is that array, converted like any other (int64 stays int64; bfloat16 arrives as
+    the uint16 bits Jittor stored). Nothing of Jittor is imported; any other ``jittor.*`` is refused."""
+    if kwargs or len(args) != 1 or not isinstance(args[0], _NumpyArray):
+        shown = type(args[0]).__name__ if len(args) == 1 else f"{len(args)} arguments"
+        raise CorruptData(f"jittor Var rebuilt from {shown}{' and keywords' * bool(kwargs)}, not one numpy array")
+    return args[0]
 
 
 def _numpy_value(raw: Any, dtype: Any, shape: Tuple[int, ...], order: str) -> Any:
@@ -244,6 +304,8 @@ def _numpy_value(raw: Any, dtype: Any, shape: Tuple[int, ...], order: str) -> An
     if resolved is None:
         return Placeholder("numpy", "ndarray", state=(shape, dtype.spec, raw))
     count = math.prod(shape)
+    if count < 0:
+        raise CorruptData(f"numpy array of shape {safe_repr(list(shape))}")
     if resolved.kind == "O":
         if not isinstance(raw, list) or len(raw) != count:
             raise CorruptData("numpy object array with the wrong number of items")
@@ -256,7 +318,8 @@ def _numpy_value(raw: Any, dtype: Any, shape: Tuple[int, ...], order: str) -> An
         raise CorruptData("numpy array data is not bytes")
     view = memoryview(raw).cast("B")
     if len(view) != count * resolved.itemsize:
-        raise CorruptData(f"numpy array of shape {list(shape)} has {len(view)} bytes of data")
+        raise CorruptData(f"numpy array of shape {safe_repr(list(shape))} has {len(view)} bytes of data")
+    current_limits().spend(len(view), "a numpy array")
     array = np.frombuffer(view, dtype=resolved, count=count).reshape(shape, order=order)
     return _array_to_value(array)
 
@@ -332,6 +395,7 @@ def _build_allowlist() -> Dict[str, Any]:
         "copyreg.__newobj_ex__": _copyreg_newobj_ex,
         "_codecs.encode": _codecs_encode,
         "numpy.dtype": _NumpyDtype,
+        "jittor.jittor_core.Var": _jittor_var,
     }
     for module in ("numpy.core", "numpy._core"):
         safe[f"{module}.multiarray._reconstruct"] = _numpy_reconstruct

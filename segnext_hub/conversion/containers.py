@@ -19,7 +19,18 @@ import torch
 
 from ..errors import BadInputError, one_line
 from .builders import _SCALARS, _ints, _NumpyArray, allow_nested_loader
-from .pickled import CorruptData, MemoryReader, Placeholder, _Marker, _Safe, _Storage
+from .pickled import (
+    MAX_DEPTH,
+    MAX_OBJECTS,
+    CorruptData,
+    MemoryReader,
+    Placeholder,
+    _Marker,
+    _Safe,
+    _Storage,
+    current_limits,
+    safe_repr,
+)
 from .unpickler import SafeUnpickler
 
 FORMATS = ("torch-zip", "torch-legacy", "safetensors", "jittor-pkl")
@@ -86,9 +97,12 @@ def _buffer_tensor(buf: memoryview, offset: int, nbytes: int, dtype: torch.dtype
     if nbytes % dtype.itemsize:
         raise CorruptData(f"{nbytes} bytes is not a whole number of {dtype} elements")
     raw = torch.frombuffer(buf, dtype=torch.uint8, count=nbytes, offset=offset)
+    swap = little_endian != (sys.byteorder == "little") and dtype.itemsize > 1
+    if dtype == torch.bool or swap or raw.data_ptr() % dtype.itemsize:
+        current_limits().spend(nbytes, "a copy of tensor data")
     if dtype == torch.bool:
         return raw != 0  # any nonzero byte is True; never hand torch a bool outside {0, 1}
-    if little_endian != (sys.byteorder == "little") and dtype.itemsize > 1:
+    if swap:
         unit = dtype.itemsize // 2 if dtype.is_complex else dtype.itemsize
         raw = raw.view(-1, unit).flip(1).reshape(-1)
     elif raw.data_ptr() % dtype.itemsize:
@@ -98,7 +112,7 @@ def _buffer_tensor(buf: memoryview, offset: int, nbytes: int, dtype: torch.dtype
 
 def _storage_dtype(storage_type: Any) -> torch.dtype:
     if not isinstance(storage_type, _Marker) or not isinstance(storage_type.payload, torch.dtype):
-        raise CorruptData(f"unknown storage type {storage_type!r}")
+        raise CorruptData(f"unknown storage type {safe_repr(storage_type)}")
     return storage_type.payload
 
 
@@ -118,6 +132,7 @@ def _decode_torch_zip(buf: memoryview) -> Tuple[Any, Dict[str, str]]:
         raise CorruptData(f"truncated or corrupt zip archive ({one_line(exc)})") from None
     with archive:
         infos = archive.infolist()
+        _check_members(infos, len(buf))
         pickles = [info.filename for info in infos if info.filename.endswith("/data.pkl")]
         if not pickles or pickles[0].count("/") != 1:
             raise CorruptData("zip archive is not a torch checkpoint (no <name>/data.pkl)")
@@ -125,7 +140,7 @@ def _decode_torch_zip(buf: memoryview) -> Tuple[Any, Dict[str, str]]:
         names = {info.filename: info for info in infos}
         if f"{prefix}constants.pkl" in names or any(name.startswith(f"{prefix}code/") for name in names):
             raise CorruptData("this is a TorchScript archive (torch.jit.save), not a checkpoint")
-        little = _zip_byteorder(archive, names, prefix)
+        little = _zip_byteorder(buf, names, prefix)
         loaded: Dict[str, _Storage] = {}
 
         def storage(pid: Any) -> _Storage:
@@ -142,47 +157,72 @@ def _decode_torch_zip(buf: memoryview) -> Tuple[Any, Dict[str, str]]:
                     raise CorruptData(f"storage record data/{key} is missing from the archive")
                 if type(numel) is not int or numel * dtype.itemsize != info.file_size:
                     raise CorruptData(f"storage record data/{key} has {info.file_size} bytes, not {numel} x {dtype}")
-                offset = _zip_data_offset(archive, buf, info)
+                offset = _zip_data_offset(buf, info)
                 loaded[key] = _Storage(_buffer_tensor(buf, offset, info.file_size, dtype, little))
             return loaded[key]
 
         data_info = names[pickles[0]]
-        if data_info.compress_type != zipfile.ZIP_STORED:
-            raise CorruptData("data.pkl is compressed; torch never writes that")
-        data = archive.read(data_info)
-        obj = SafeUnpickler(io.BytesIO(data), storage).load()
+        data = _zip_member(buf, data_info)
+        obj = SafeUnpickler(io.BufferedReader(MemoryReader(data)), storage).load()
     return obj, {}
 
 
-def _zip_byteorder(archive: zipfile.ZipFile, names: Dict[str, zipfile.ZipInfo], prefix: str) -> bool:
+_SMALL_MEMBER = 64  # byteorder ("little"/"big") and version hold a few bytes
+
+
+def _check_members(infos: list, file_size: int) -> None:
+    """Every member as its central directory entry declares it, before a byte of any is read.
+
+    torch writes every member stored (uncompressed), so a compressed or encrypted member is not
+    torch's: refused here, where a 2 MB file declaring a 2 GiB member costs nothing. A stored
+    member's size equals its compressed size and lies within the file.
+    """
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+            raise CorruptData(f"zip member {safe_repr(info.filename)} is compressed or encrypted; torch writes "
+                              "every member uncompressed")
+        if info.file_size != info.compress_size or info.header_offset + info.file_size > file_size:
+            raise CorruptData(f"zip member {safe_repr(info.filename)} declares {info.file_size} bytes, more than "
+                              "the file holds (truncated or corrupt archive)")
+
+
+def _zip_member(buf: memoryview, info: zipfile.ZipInfo) -> memoryview:
+    """A stored member's bytes, in place (no copy), after its header and CRC checks."""
+    offset = _zip_data_offset(buf, info)
+    return buf[offset : offset + info.file_size]
+
+
+def _zip_byteorder(buf: memoryview, names: Dict[str, zipfile.ZipInfo], prefix: str) -> bool:
     info = names.get(f"{prefix}byteorder")
     if info is None:
         return True
-    order = archive.read(info)
+    if info.file_size > _SMALL_MEMBER:
+        raise CorruptData(f"the byteorder member holds {info.file_size} bytes, not a byte order")
+    order = bytes(_zip_member(buf, info))
     if order not in (b"little", b"big"):
         raise CorruptData(f"unknown byte order {order[:16]!r}")
     return order == b"little"
 
 
-def _zip_data_offset(archive: zipfile.ZipFile, buf: memoryview, info: zipfile.ZipInfo) -> int:
-    """Where a stored record's bytes start in the file, after checking its header and CRC.
+def _zip_data_offset(buf: memoryview, info: zipfile.ZipInfo) -> int:
+    """Where a stored member's bytes start in the file, after checking its header and CRC.
 
     Reading through zipfile would copy every record; torch stores them uncompressed and
     aligned, so the bytes can be used in place. The CRC check (cheap next to the sha256)
     turns a flipped bit in a download into a clear error instead of silently wrong weights.
     """
     if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
-        raise CorruptData(f"storage record {info.filename} is compressed or encrypted; torch never writes that")
+        raise CorruptData(f"zip member {safe_repr(info.filename)} is compressed or encrypted; torch never writes that")
     start = info.header_offset
     header = bytes(buf[start : start + 30])
     if len(header) < 30 or header[:4] != b"PK\x03\x04":
-        raise CorruptData(f"zip local header of {info.filename} is damaged")
+        raise CorruptData(f"zip local header of {safe_repr(info.filename)} is damaged")
     name_len, extra_len = struct.unpack("<HH", header[26:30])
     offset = start + 30 + name_len + extra_len
     if offset + info.file_size > len(buf):
-        raise CorruptData(f"storage record {info.filename} ends past the end of the file (truncated?)")
+        raise CorruptData(f"zip member {safe_repr(info.filename)} ends past the end of the file (truncated?)")
     if zlib.crc32(memoryview(buf)[offset : offset + info.file_size]) != info.CRC:
-        raise CorruptData(f"storage record {info.filename} fails its CRC check (corrupt file)")
+        raise CorruptData(f"zip member {safe_repr(info.filename)} fails its CRC check (corrupt file)")
     return offset
 
 
@@ -203,6 +243,7 @@ class _LegacyStorages:
             if type(numel) is not int or numel < 0 or numel * dtype.itemsize > self.budget:
                 raise CorruptData(f"storage {key} claims {numel} elements, more than the file holds")
             self.budget -= numel * dtype.itemsize
+            current_limits().spend(numel * dtype.itemsize, "a legacy storage")
             self.roots[key] = _Storage(torch.empty(numel, dtype=dtype))
         root = self.roots[key]
         if view is None:
@@ -246,7 +287,7 @@ def _decode_torch_legacy(buf: memoryview) -> Tuple[Any, Dict[str, str]]:
         raise CorruptData("bad magic number in a legacy torch checkpoint")
     protocol = SafeUnpickler(stream).load()
     if protocol != _LEGACY_PROTOCOL:
-        raise CorruptData(f"unsupported legacy torch protocol {protocol!r}")
+        raise CorruptData(f"unsupported legacy torch protocol {safe_repr(protocol)}")
     sys_info = SafeUnpickler(stream).load()
     if not isinstance(sys_info, dict):
         raise CorruptData("legacy torch checkpoint without system info")
@@ -345,53 +386,92 @@ DECODERS: Dict[str, Callable[[memoryview], Tuple[Any, Dict[str, str]]]] = {
 }
 
 
-def finalize(obj: Any, memo: Dict[int, Tuple[Any, Any]]) -> Any:
-    """Replace numpy builders and bare storages by tensors, in place where containers allow."""
-    if type(obj) in _SCALARS or isinstance(obj, (torch.Tensor, torch.dtype, type, _Safe)):
-        return obj
-    seen = memo.get(id(obj))
-    if seen is not None:
-        return seen[1]
-    if isinstance(obj, _NumpyArray):
-        result = finalize(obj.finish(), memo)
-    elif isinstance(obj, _Storage):
-        result = obj.data
-    elif isinstance(obj, dict):
-        memo[id(obj)] = (obj, obj)
-        for key, value in obj.items():
-            obj[key] = finalize(value, memo)
-        result = obj
-    elif isinstance(obj, list):
-        memo[id(obj)] = (obj, obj)
-        obj[:] = [finalize(item, memo) for item in obj]
-        result = obj
-    elif isinstance(obj, (tuple, set, frozenset)):
-        items = [finalize(item, memo) for item in obj]
-        unchanged = all(a is b for a, b in zip(items, obj))
-        result = obj if unchanged else (tuple(items) if isinstance(obj, tuple) else type(obj)(items))
-    elif isinstance(obj, Placeholder):
-        memo[id(obj)] = (obj, obj)
-        obj.args = finalize(obj.args, memo)
-        obj.state = finalize(obj.state, memo)
-        for container in (obj.kwargs, obj.listitems, obj.dictitems):
-            finalize(container, memo)
-        result = obj
-    else:
-        result = obj
-    memo[id(obj)] = (obj, result)
-    return result
+def finalize(obj: Any) -> Any:
+    """Replace numpy builders and bare storages by tensors, in place where containers allow.
+
+    Every object is visited once (memoised by identity: a shared-reference DAG costs its size, not
+    its number of paths), the walk stops past ``MAX_DEPTH`` levels or ``MAX_OBJECTS`` objects, and
+    arrays made from one shared payload become one shared tensor.
+    """
+    return _Finalizer().value(obj, 0)
+
+
+class _Finalizer:
+    def __init__(self) -> None:
+        self.memo: Dict[int, Tuple[Any, Any]] = {}  # id -> (object, its final value)
+        self.arrays: Dict[tuple, Any] = {}  # _NumpyArray.share_key() -> tensor
+        self.count = 0
+
+    def value(self, obj: Any, depth: int) -> Any:
+        if type(obj) in _SCALARS or isinstance(obj, (torch.Tensor, torch.dtype, type, _Safe)):
+            return obj
+        seen = self.memo.get(id(obj))
+        if seen is not None:
+            return seen[1]
+        self.count += 1
+        if depth > MAX_DEPTH:
+            raise CorruptData(f"the pickled data nests more than {MAX_DEPTH} levels deep; no checkpoint does")
+        if self.count > MAX_OBJECTS:
+            raise CorruptData(f"the pickled data holds more than {MAX_OBJECTS} objects; no checkpoint does")
+        inner = depth + 1
+        if isinstance(obj, _NumpyArray):
+            key = obj.share_key()
+            if key not in self.arrays:
+                self.arrays[key] = self.value(obj.finish(), inner)
+            result = self.arrays[key]
+        elif isinstance(obj, _Storage):
+            result = obj.data
+        elif isinstance(obj, dict):
+            self.memo[id(obj)] = (obj, obj)
+            for key, item in obj.items():
+                obj[key] = self.value(item, inner)
+            result = obj
+        elif isinstance(obj, list):
+            self.memo[id(obj)] = (obj, obj)
+            obj[:] = [self.value(item, inner) for item in obj]
+            result = obj
+        elif isinstance(obj, (tuple, set, frozenset)):
+            items = [self.value(item, inner) for item in obj]
+            unchanged = all(a is b for a, b in zip(items, obj))
+            result = obj if unchanged else (tuple(items) if isinstance(obj, tuple) else type(obj)(items))
+        elif isinstance(obj, Placeholder):
+            self.memo[id(obj)] = (obj, obj)
+            obj.args = self.value(obj.args, inner)
+            obj.state = self.value(obj.state, inner)
+            for container in (obj.kwargs, obj.listitems, obj.dictitems):
+                self.value(container, inner)
+            result = obj
+        else:
+            result = obj
+        self.memo[id(obj)] = (obj, result)
+        return result
 
 
 def _load_from_bytes(data: Any) -> Any:
-    """``pickle.dumps(tensor)`` stores a nested ``torch.save`` blob; decode it with our own reader."""
+    """``pickle.dumps(tensor)`` stores a nested ``torch.save`` blob; decode it with our own reader.
+
+    One blob object referred to many times is decoded once (its storage shared), and a blob may not
+    hold another: ``pickle.dumps`` never nests them, and each level would copy the bytes again.
+    """
     if type(data) is not bytes:
         raise CorruptData("torch.storage._load_from_bytes needs bytes")
+    limits = current_limits()
+    return limits.once(("nested torch.save", id(data)), data, lambda: _decode_nested(data, limits))
+
+
+def _decode_nested(data: bytes, limits: Any) -> Any:
+    if limits.nested:
+        raise CorruptData("nested torch data inside nested torch data; torch never writes that")
+    limits.spend(len(data), "a nested torch.save blob")
     buf = memoryview(np.frombuffer(data, dtype=np.uint8).copy())
-    head = bytes(buf[:4])
-    if head.startswith(b"PK\x03\x04"):
-        return _decode_torch_zip(buf)[0]
-    if _starts_with_legacy_magic(buf):
-        return _decode_torch_legacy(buf)[0]
+    limits.nested += 1
+    try:
+        if bytes(buf[:4]).startswith(b"PK\x03\x04"):
+            return _decode_torch_zip(buf)[0]
+        if _starts_with_legacy_magic(buf):
+            return _decode_torch_legacy(buf)[0]
+    finally:
+        limits.nested -= 1
     raise CorruptData("embedded torch data is neither a zip nor a legacy checkpoint")
 
 

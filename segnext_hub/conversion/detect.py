@@ -14,6 +14,7 @@ import torch
 
 from ..errors import BadInputError
 from ..models.variants import VARIANTS, get_variant
+from .record import md_r_from_config
 
 LAYOUTS = ("official", "mmseg", "jittor")
 DATASETS_BY_CLASSES = {150: "ade20k", 19: "cityscapes", 171: "coco-stuff164k", 16: "isaid"}
@@ -89,7 +90,8 @@ def detect_variant(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def md_r_from_meta(container: Any) -> Optional[int]:
-    """The NMF rank recorded in a checkpoint's config text (mmcv ``meta.config`` etc.)."""
+    """The NMF rank recorded in a checkpoint's config: mmcv ``meta.config`` text, or the nested
+    dict JSeg's ``Runner.save`` stores as ``meta.config`` (read by :func:`.record.md_r_from_config`)."""
     if not isinstance(container, Mapping):
         return None
     meta = container.get("meta")
@@ -98,6 +100,8 @@ def md_r_from_meta(container: Any) -> Optional[int]:
         for key in ("config", "cfg"):
             if isinstance(meta.get(key), str):
                 texts.append(meta[key])
+            elif type(meta.get(key)) is dict and (found := md_r_from_config(meta[key])) is not None:
+                return found.value
     for text in texts:
         found = _MD_R.findall(text)
         if found:

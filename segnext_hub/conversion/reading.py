@@ -12,8 +12,15 @@ parses the containers itself. The formats are small and documented by torch's ow
 - torch legacy: four pickles back to back (magic, protocol, sys info, the object), a pickle of
   storage keys, then per key an int64 element count and the raw bytes.
 - safetensors: an 8-byte header length, a JSON header, raw little-endian bytes.
-- Jittor ``.pkl``: a protocol-4 pickle (Vars saved as numpy arrays), optionally followed by the
-  20-byte SHA-1 of the pickle and the magic ``HCAJSLHD``.
+- Jittor ``.pkl``: a protocol-4 pickle, optionally followed by the 20-byte SHA-1 of the pickle and
+  the magic ``HCAJSLHD``. Jittor < 1.3.8.6 saved Vars as numpy arrays; later releases pickle each
+  Var as ``jittor.jittor_core.Var(ndarray)``, rebuilt here as that array (jittor is never imported).
+
+A file can be hostile as well as broken, so a read is bounded in what it may cost, whatever the
+file says (see :mod:`.pickled`): walks visit each object once and stop past ``MAX_DEPTH`` levels
+or ``MAX_OBJECTS`` objects, dict keys must hash in bounded time, messages quote bounded prefixes,
+zip members are checked from their headers before a byte is read (torch stores them uncompressed),
+and copies beyond the file itself are shared or spent from an allowance of twice the file size.
 
 The file is read once: hashed while it is read into one writable buffer, and tensors of the zip
 and safetensors formats are views into that buffer (no second copy; peak memory about the file
@@ -38,7 +45,7 @@ import numpy as np
 from ..errors import BadInputError, SegnextHubError, UnsafePickleError, one_line
 from ..fileio import THREADED_HASH_MIN, StreamingSha256
 from .containers import DECODERS, finalize, sniff_format
-from .unpickler import CorruptData, UnsafeName
+from .pickled import CorruptData, UnsafeName, describe_error, read_limits
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -67,11 +74,11 @@ def read_checkpoint(path: PathLike) -> Checkpoint:
     buf, digest = _read_whole_file(src, where)
     try:
         fmt = sniff_format(buf, where)
-        with _decoding_errors(where):
+        with _decoding_errors(where), read_limits(len(buf)):
             raw, metadata = DECODERS[fmt](buf)
             sha256 = digest.hexdigest()
             del buf  # numpy payloads of a pickle are copies: free the file before converting them
-            obj = finalize(raw, {})
+            obj = finalize(raw)
     finally:
         digest.close()
     return Checkpoint(path=src, format=fmt, obj=obj, sha256=sha256, metadata=metadata)
@@ -89,6 +96,8 @@ def _decoding_errors(where: str) -> Iterator[None]:
         ) from None
     except CorruptData as exc:
         raise BadInputError(f"cannot read {where}: {one_line(exc)}") from None
+    except RecursionError:
+        raise BadInputError(f"cannot read {where}: the pickled data nests too deeply") from None
     except SegnextHubError:
         raise
     except (EOFError, pickle.UnpicklingError) as exc:
@@ -96,7 +105,7 @@ def _decoding_errors(where: str) -> Iterator[None]:
     except MemoryError:
         raise BadInputError(f"cannot read {where}: out of memory while decoding (corrupt size field?)") from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure on bad bytes is bad input
-        raise BadInputError(f"cannot read {where}: {one_line(exc)}") from exc
+        raise BadInputError(f"cannot read {where}: {one_line(Exception(describe_error(exc)))}") from exc
 
 
 def _show_path(path: Path) -> str:
@@ -105,10 +114,10 @@ def _show_path(path: Path) -> str:
 
 
 def _pickle_reason(exc: BaseException) -> str:
-    text = str(exc)
+    text = describe_error(exc)
     if isinstance(exc, EOFError) or "truncated" in text or "ran out of input" in text.lower():
         return "the pickle data ends early (truncated file or incomplete download)"
-    return f"corrupt pickle ({one_line(exc)})"
+    return f"corrupt pickle ({one_line(Exception(describe_error(exc)))})"
 
 
 def _read_whole_file(path: Path, where: str) -> Tuple[memoryview, StreamingSha256]:

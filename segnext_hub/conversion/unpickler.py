@@ -8,7 +8,9 @@ and ``numpy`` beyond the allowlist...) with :class:`UnsafePickleError`. Any othe
 an inert placeholder *class* created on the spot: instantiating it, ``__setstate__`` and
 ``getattr`` on it only build :class:`Placeholder` records, so foreign objects (mmengine
 ``HistoryBuffer``, ``argparse.Namespace``) are readable without their package installed and
-nothing of theirs can ever run. BUILD may only target those records.
+nothing of theirs can ever run. BUILD may only target those records. Dict keys and set members
+must be :func:`.pickled.hash_safe` before anything hashes them (a tuple DAG as a key would take
+2**depth steps to hash).
 
 What comes back: dicts (OrderedDict kept), lists, tuples, plain values, tensors (parameters as
 plain tensors, bools normalised to 0/1), numpy arrays as tensors (text/object arrays as lists),
@@ -33,9 +35,10 @@ from .pickled import (
     _is_placeholder_class,
     _placeholder_class,
     _Safe,
+    check_keys,
+    safe_repr,
 )
 
-_EXPAND_LIMIT, _EXPAND_FLOOR = 64, 1 << 24  # a view may have at most this many elements more than its storage
 
 class SafeUnpickler(pickle._Unpickler):
     """An unpickler whose ``find_class`` never imports: allowlist, refusal or placeholder.
@@ -58,7 +61,7 @@ class SafeUnpickler(pickle._Unpickler):
 
     def find_class(self, module: Any, name: Any) -> Any:
         if type(module) is not str or type(name) is not str:
-            raise UnsafeName(f"a global with a non-text name ({module!r}, {name!r})")
+            raise UnsafeName(f"a global with a non-text name ({safe_repr(module, 60)}, {safe_repr(name, 60)})")
         module, name = _py3_name(module, name)
         qualname = f"{module}.{name}"
         if qualname == "builtins.getattr":
@@ -77,6 +80,11 @@ class SafeUnpickler(pickle._Unpickler):
             if self._file.read(1) == b"":
                 raise CorruptData("the pickle data ends early (truncated file or incomplete download)") from None
             raise
+        finally:
+            # The memo holds every payload; dropped now, each numpy payload can be freed as soon
+            # as it is converted instead of when this unpickler is collected.
+            self.memo = {}
+            self.stack, self.metastack = [], []
 
     def persistent_load(self, pid: Any) -> Any:
         if self._persistent is None:
@@ -103,6 +111,40 @@ class SafeUnpickler(pickle._Unpickler):
 
     dispatch[pickle.BUILD[0]] = _load_build
 
+    # Every opcode that hashes what the pickle built: keys are checked first, targets restricted.
+    def _load_setitem(self) -> None:
+        value = self.stack.pop()
+        key = self.stack.pop()
+        _set_items(self.stack[-1], [key, value])
+
+    def _load_setitems(self) -> None:
+        items = self.pop_mark()
+        _set_items(self.stack[-1], items)
+
+    def _load_dict(self) -> None:
+        items = self.pop_mark()
+        check_keys(items[0::2])
+        self.append({items[i]: items[i + 1] for i in range(0, len(items) - 1, 2)})
+
+    def _load_additems(self) -> None:
+        items = self.pop_mark()
+        target = self.stack[-1]
+        if type(target) is not set:
+            raise CorruptData(f"ADDITEMS on a {type(target).__name__}, not a set")
+        check_keys(items, "set member")
+        target.update(items)
+
+    def _load_frozenset(self) -> None:
+        items = self.pop_mark()
+        check_keys(items, "set member")
+        self.append(frozenset(items))
+
+    dispatch[pickle.SETITEM[0]] = _load_setitem
+    dispatch[pickle.SETITEMS[0]] = _load_setitems
+    dispatch[pickle.DICT[0]] = _load_dict
+    dispatch[pickle.ADDITEMS[0]] = _load_additems
+    dispatch[pickle.FROZENSET[0]] = _load_frozenset
+
     def _placeholder(self, module: str, name: str) -> type:
         key = f"{module}.{name}"
         if key not in self._classes:
@@ -114,8 +156,17 @@ class SafeUnpickler(pickle._Unpickler):
         if not (_is_placeholder_class(obj) or isinstance(obj, Placeholder)):
             raise UnsafeName(f"builtins.getattr on a real {type(obj).__name__} object")
         if type(attr) is not str or not _NAME_PART.fullmatch(attr) or _is_dunder(attr):
-            raise UnsafeName(f"builtins.getattr({obj.module}.{obj.name}, {attr!r})")
+            raise UnsafeName(f"builtins.getattr({safe_repr(obj.qualname)}, {safe_repr(attr, 60)})")
         return self._placeholder(obj.module, f"{obj.name}.{attr}")
+
+
+def _set_items(target: Any, items: list) -> None:
+    """SETITEM(S): only dicts (OrderedDict included) and placeholder records take items."""
+    if not isinstance(target, (dict, Placeholder)):
+        raise CorruptData(f"SETITEMS on a {type(target).__name__}, not a dict")
+    check_keys(items[0::2])
+    for i in range(0, len(items) - 1, 2):
+        target[items[i]] = items[i + 1]
 
 
 def _py3_name(module: str, name: str) -> Tuple[str, str]:
@@ -148,7 +199,7 @@ def _refuse_if_dangerous(module: str, name: str) -> None:
     qualname = f"{module}.{name}"
     parts = qualname.split(".")
     if not all(_NAME_PART.fullmatch(part) for part in parts):
-        raise UnsafeName(f"a global with an unusable name {qualname!r}")
+        raise UnsafeName(f"a global with an unusable name {safe_repr(qualname)}")
     if module.split(".")[0] in _REFUSED_ROOTS:
         raise UnsafeName(qualname)
     if any(_is_dunder(part) and part != "__main__" for part in parts):
