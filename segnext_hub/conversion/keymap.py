@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from ..errors import BadInputError
+from .pickled import safe_repr
 
 KEY_MAP_PACKAGE = "segnext_hub.key_maps"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -223,18 +224,35 @@ def load_key_map(name_or_path: Union[str, Path]) -> KeyMap:
     return parse_key_map(text, f"{name}.yaml")
 
 
+#: Real state dict keys are under 200 characters; the templates' lazy groups cost time quadratic in
+#: a key's length when it fails to match, so a 1 MB crafted key would stall a rename for minutes.
+MAX_KEY_LENGTH = 1000
+
+
 def find_state_dict(obj: Any, unwrap: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], Optional[str]]:
     """The tensor mapping inside a checkpoint container, and the container key used."""
     if _is_state_dict(obj):
-        return dict(obj), None
+        return _checked_keys(dict(obj)), None
     if isinstance(obj, Mapping):
         for key in unwrap:
             if key in obj and _is_state_dict(obj[key]):
-                return dict(obj[key]), key
+                return _checked_keys(dict(obj[key])), key
     if isinstance(obj, Mapping):
-        shown = ", ".join(sorted(map(str, obj))[:6])
+        shown = ", ".join(sorted(key[:60] if type(key) is str else safe_repr(key, 60) for key in obj)[:6])
         raise BadInputError(f"no state dict found (top-level keys: {shown}; looked for {', '.join(unwrap)})")
     raise BadInputError(f"no state dict found: the checkpoint holds a {type(obj).__name__}")
+
+
+def _checked_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys every later step can match and print on one line: bounded length, no control characters."""
+    longest = max(state, key=len)
+    if len(longest) > MAX_KEY_LENGTH:
+        raise BadInputError(f"state dict key of {len(longest)} characters ({longest[:40]!r}...); "
+                            f"no real key is longer than {MAX_KEY_LENGTH}")
+    odd = next((key for key in state if not key.isprintable()), None)
+    if odd is not None:
+        raise BadInputError(f"state dict key {odd[:60]!r} holds a control character")
+    return state
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -247,5 +265,5 @@ def _is_state_dict(obj: Any) -> bool:
         return True
     if tensors > len(obj) // 2:
         bad = next(k for k, v in obj.items() if not isinstance(v, torch.Tensor))
-        raise BadInputError(f"state dict entry '{bad}' holds a {type(obj[bad]).__name__}, not a tensor")
+        raise BadInputError(f"state dict entry {bad[:100]!r} holds a {type(obj[bad]).__name__}, not a tensor")
     return False

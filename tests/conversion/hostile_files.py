@@ -252,6 +252,20 @@ def dag_in_config() -> bytes:
     return jittor_file(ops.raw(b"u").stop())
 
 
+def long_key() -> bytes:
+    """Detectable SegNeXt-T keys plus one 950 KB key of repeated ``.mlp.dwconv.dwconv.`` ending in a
+    newline: a key-map template (``{stem}.mlp.dwconv.dwconv.{param}``) fails on it in quadratic time."""
+    ops = Ops()
+    ops.raw(b"}(").text("state_dict")
+    _tiny_segnext_t(ops)
+    key = ".mlp.dwconv.dwconv." * 50_000 + "x\n"
+    raw = ops.bytes_(b"\x00" * 4).put()
+    ops.pop()
+    ops.text(key)
+    _numpy_array(ops, raw, 1)
+    return jittor_file(ops.raw(b"su").stop())
+
+
 def dag_storage_type() -> bytes:
     """A torch zip whose persistent id names the DAG as its storage type."""
     ops = Ops()
@@ -427,6 +441,7 @@ CASES: Dict[str, Callable[[], bytes]] = {
     "dag_jittor_var_arg": dag_jittor_var_arg,
     "dag_in_config": dag_in_config,
     "dag_storage_type": dag_storage_type,
+    "long_key": long_key,
     "dag_list_values": dag_list_values,
     "deep_nesting": deep_nesting,
     "many_objects": many_objects,

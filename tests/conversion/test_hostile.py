@@ -38,6 +38,7 @@ REASONS = {
     "dag_jittor_var_arg": "jittor Var rebuilt from list",
     "dag_in_config": "missing from the checkpoint",
     "dag_storage_type": "unknown storage type",
+    "long_key": "state dict key of 950002 characters",
     "dag_list_values": "no state dict found",
     "deep_nesting": "nests more than 100 levels",
     "many_objects": "more than 500000 objects",
