@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from importlib import resources
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import yaml
@@ -116,3 +116,51 @@ def palette_for(num_classes: int, dataset: Optional[str] = None) -> np.ndarray:
         return info.palette_array()
     info = guess_dataset(num_classes)
     return info.palette_array() if info is not None else random_palette(num_classes)
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """The names and colours a model's outputs are shown with, and where they came from."""
+
+    classes: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    source: str
+
+    def palette_array(self) -> np.ndarray:
+        return np.asarray(self.palette, dtype=np.uint8)
+
+
+def label_space(num_classes: int, dataset: Optional[str] = None, classes: Optional[Sequence[str]] = None,
+                palette: Optional[Sequence[Sequence[int]]] = None) -> LabelSpace:
+    """Names and colours for ``num_classes`` outputs: the artifact's own record first.
+
+    A checkpoint trained on its own label space records it (``meta.dataset_meta`` or
+    ``meta.CLASSES``/``PALETTE``); those win when their length matches the head. Then the
+    named dataset's, then the dataset with that class count, then ``class_<i>`` with a
+    fixed random palette. A recorded class list without a palette keeps the default colours.
+    """
+    info = get_dataset(dataset) if dataset and dataset.strip().lower() in ALIASES else guess_dataset(num_classes)
+    if info is not None and info.num_classes != num_classes:
+        info = None
+    default_classes = info.classes if info else tuple(f"class_{i}" for i in range(num_classes))
+    default_palette = info.palette if info else tuple(
+        tuple(int(v) for v in rgb) for rgb in random_palette(num_classes))
+    own_classes = tuple(classes) if classes is not None and len(classes) == num_classes else None
+    own_palette = (tuple(tuple(int(v) for v in rgb) for rgb in palette)
+                   if palette is not None and len(palette) == num_classes else None)
+    source = "recorded by the artifact" if own_classes or own_palette else (
+        f"dataset {info.name}" if info else "generic (class_<i>, random palette)")
+    return LabelSpace(own_classes or default_classes, own_palette or default_palette,  # type: ignore[arg-type]
+                      source)
+
+
+def own_label_space(num_classes: Optional[int], dataset: Optional[str], classes: Optional[Sequence[str]],
+                    palette: Optional[Sequence[Sequence[int]]]) -> tuple[Optional[list[str]], Optional[list[list[int]]]]:
+    """The recorded classes and palette worth storing: None for each that only repeats the
+    dataset default (or does not fit the head), so config files stay small."""
+    if not num_classes:
+        return None, None
+    default = label_space(num_classes, dataset)
+    own = label_space(num_classes, dataset, classes, palette)
+    return (list(own.classes) if own.classes != default.classes else None,
+            [list(c) for c in own.palette] if own.palette != default.palette else None)

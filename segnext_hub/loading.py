@@ -30,7 +30,7 @@ from .conversion.converter import convert_checkpoint
 from .conversion.reading import read_checkpoint
 from .conversion.verify import check_keys
 from .errors import BadInputError
-from .hub.config import CONFIG_FILE, MODEL_FILE, config_from_metadata, read_config
+from .hub.config import CONFIG_FILE, MODEL_FILE, config_from_metadata, make_config, read_config
 from .hub.hf import download_repo
 from .hub.pull import pull
 from .hub.registry import get_artifact
@@ -265,10 +265,8 @@ def load_file_path(path: Path, **kwargs: Any) -> nn.Module:
         config = config_from_metadata(meta)
         if config is not None:
             return build_from_config(config, map_safetensors(path), **kwargs)
-    conversion = convert_checkpoint(read_checkpoint(path), md_r=kwargs.get("md_r"))
-    det = conversion.detection
-    config = {"variant": det.variant, "kind": det.kind, "num_classes": det.num_classes, "md_r": det.md_r,
-              "md_r_source": det.sources.get("md_r"), "dataset": det.dataset}
+    conversion = convert_checkpoint(read_checkpoint(path), md_r=kwargs.get("md_r"))  # reads its own record
+    config = make_config(conversion.detection.to_dict(), name=path.stem, record=conversion.report.record)
     return build_from_config(config, conversion.tensors, **kwargs)
 
 

@@ -88,17 +88,27 @@ def path(name: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @command_options
 def info(name: str, as_json: bool) -> None:
-    """Registry entry, cache state, hash status and training-log summary of NAME."""
+    """Registry entry, cache state, hash status, the artifact's record and training-log summary of NAME.
+
+    MD_R and the training seed are shown with their sources: what the pulled checkpoint
+    and its log recorded, or only the registry's value before a pull.
+    """
     import dataclasses
 
     from ..hub.cache import artifact_dir
+    from ..hub.config import CONFIG_FILE, read_config
     from ..hub.pull import cached_manifest
     from ..hub.registry import get_artifact
 
     art = get_artifact(name)
     manifest = cached_manifest(art.name)
-    data = {"artifact": dataclasses.asdict(art), "cached": manifest is not None}
+    data = {"artifact": dataclasses.asdict(art), "cached": manifest is not None,
+            "md_r": art.md_r, "md_r_source": f"registry: {art.md_r_source}" if art.md_r is not None else None,
+            "training_seed": None, "training_seed_source": None, "record_warnings": []}
     if manifest:
+        config = read_config(artifact_dir(art.name) / CONFIG_FILE)
+        data.update({key: config.get(key) for key in ("md_r", "md_r_source", "training_seed", "training_seed_source")},
+                    record_warnings=manifest.get("record_disagreements") or [])
         data.update(path=str(artifact_dir(art.name)), raw_sha256=manifest.get("raw_sha256"),
                     hash_status=manifest.get("hash_status"), warnings=manifest.get("warnings"),
                     verification=manifest.get("conversion", {}).get("verification"))
@@ -118,6 +128,14 @@ def info(name: str, as_json: bool) -> None:
             value = ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
         click.echo(f"{key:<15} {value}")
     click.echo(f"{'cached':<15} {'yes: ' + data['path'] if manifest else 'no'}")
+    if data["md_r"] is not None:
+        click.echo(f"{'MD_R':<15} {data['md_r']} ({data['md_r_source']})")
+    if manifest:
+        seed = data["training_seed"]
+        click.echo(f"{'training seed':<15} " + (f"{seed} ({data['training_seed_source']})" if seed is not None
+                                                 else "not recorded"))
+    for line in data["record_warnings"]:
+        click.echo(f"warning: {line}", err=True)
     if manifest:
         click.echo(f"{'sha256':<15} {data['raw_sha256']}")
         click.echo(f"{'hash status':<15} {data['hash_status']}")

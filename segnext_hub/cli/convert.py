@@ -21,8 +21,12 @@ from .common import command_options
               help="Override the detected size.")
 @click.option("--num-classes", type=click.IntRange(min=1), help="Override the detected class count.")
 @click.option("--md-r", type=click.IntRange(min=1),
-              help="NMF rank the weights were trained with (default: from the checkpoint's config, "
-                   "else the layout's default).")
+              help="NMF rank the weights were trained with (default: the checkpoint's config text, "
+                   "else --log's, else the layout's default).")
+@click.option("--seed", type=int, help="Training seed to record (default: the checkpoint's meta.seed, else --log's).")
+@click.option("--log", "log_path", type=click.Path(exists=True, dir_okay=False),
+              help="The run's training log (.log.json or text): read for MD_R and seed where the checkpoint "
+                   "records none.")
 @click.option("--no-verify", is_flag=True, help="Skip the numerical comparison (not recommended).")
 @click.option("--atol", type=float, default=0.0, show_default=True,
               help="Largest accepted abs difference between source and converted outputs.")
@@ -31,11 +35,13 @@ from .common import command_options
 @click.version_option(__version__, prog_name="segnext-convert")
 @command_options
 def main(src: str, dst: str, from_layout: str, to: str, variant: str, num_classes: int, md_r: int,
-         no_verify: bool, atol: float, force: bool, as_json: bool) -> None:
+         seed: int, log_path: str, no_verify: bool, atol: float, force: bool, as_json: bool) -> None:
     """Convert SRC (official .pth, Jittor .pkl, MMSeg .pth or .safetensors) into DST.
 
     DST is .safetensors (with metadata) or .pth (an MMSeg-loadable checkpoint with
-    dataset_meta). The source weights are loaded into a model laid out like their source
+    dataset_meta). MD_R, the training seed and the classes/palette the checkpoint
+    records about itself (mmcv meta / MMEngine meta and message_hub) are kept in the
+    output's metadata. The source weights are loaded into a model laid out like their source
     and the converted ones into the target model; both run on fixed inputs with the same
     seed and the outputs must match within --atol (default: exactly).
 
@@ -50,7 +56,7 @@ def main(src: str, dst: str, from_layout: str, to: str, variant: str, num_classe
     from ..conversion.converter import convert
 
     report = convert(src, dst, from_layout=from_layout, to=to, variant=variant, num_classes=num_classes,
-                     md_r=md_r, verify=not no_verify, atol=atol, force=force)
+                     md_r=md_r, seed=seed, log=log_path, verify=not no_verify, atol=atol, force=force)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:

@@ -78,39 +78,48 @@ def eval_command(name_or_path: str, data_dir: str, dataset: Optional[str], aug_t
     """mIoU / aAcc / mAcc and per-class IoU on an ADE20K or Cityscapes folder, as MMSeg computes them.
 
     DATA_DIR holds ADEChallengeData2016/ (or is it), or leftImg8bit/ + gtFine/. The seed
-    defaults to the training seed recorded in the artifact's log, when there is one.
+    defaults to the training seed the artifact records (config.json / the checkpoint's
+    meta, else its training log); it is printed with its source.
     """
     from ..tasks.evaluate import evaluate
 
     model = _load(name_or_path, device, md_r, fast)
+    seed_source = "--seed"
     if seed is None:
-        seed = _training_seed(name_or_path)
+        seed, seed_source = _training_seed(model, name_or_path)
     result = evaluate(model, data_dir, dataset=dataset, mode=mode, aug_test=aug_test, seed=seed, limit=limit,
                       progress=False if quiet else None)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        click.echo(json.dumps(dict(result.to_dict(), seed=seed, seed_source=seed_source), indent=2))
     else:
         click.echo(result.format_table())
-        click.echo(f"seed: {seed}")
+        click.echo(f"seed: {seed} ({seed_source})")
 
 
-def _training_seed(name_or_path: str) -> Optional[int]:
-    """The seed from a cached artifact's training log (None when unknown)."""
+def _training_seed(model: object, name_or_path: str) -> tuple[Optional[int], str]:
+    """The training seed and where it was read: the model's record (config.json, the
+    safetensors metadata or the checkpoint's meta), else a cached artifact's training log
+    (caches pulled before the record was kept)."""
+    config = getattr(model, "segnext_config", {}) or {}
+    if config.get("training_seed") is not None:
+        return config["training_seed"], f"training seed, {config.get('training_seed_source') or 'recorded'}"
+    unknown = (None, "no training seed recorded; the NMF bases come from the unseeded global RNG")
     from ..hub.cache import artifact_dir
     from ..hub.pull import cached_manifest
 
     try:
         manifest = cached_manifest(name_or_path)
     except Exception:  # noqa: BLE001 - not a registry name
-        return None
+        return unknown
     if not manifest or not manifest.get("log_file"):
-        return None
-    from ..tasks.logs import parse_log
+        return unknown
+    from ..conversion.record import record_from_log
 
     try:
-        return parse_log(artifact_dir(name_or_path) / manifest["log_file"]).seed
+        record = record_from_log(artifact_dir(name_or_path) / manifest["log_file"])
     except Exception:  # noqa: BLE001 - an unreadable log only loses the default
-        return None
+        return unknown
+    return (record.seed, f"training seed, {record.seed_source}") if record.seed is not None else unknown
 
 
 @click.command()

@@ -11,11 +11,22 @@ from typing import Any, Optional, Union
 import torch
 
 from .._version import __version__
+from ..datasets import label_space, own_label_space
 from ..errors import BadInputError, VerificationError
 from ..fileio import check_destination as check_writable
 from .detect import Detection, detect
 from .keymap import KeyMap, MappingResult, find_state_dict, load_key_map
 from .reading import Checkpoint, read_checkpoint
+from .record import (
+    Record,
+    Resolution,
+    described_md_r_source,
+    merge,
+    read_metadata_record,
+    read_record,
+    record_from_log,
+    resolve,
+)
 from .verify import (
     VerificationReport,
     build_for_layout,
@@ -46,6 +57,8 @@ class ConvertReport:
     dropped: list[tuple[str, str]] = field(default_factory=list)
     added: int = 0
     stripped_prefixes: dict[str, int] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)  # md_r/training_seed/classes with sources
+    disagreements: list[str] = field(default_factory=list)  # sources that recorded other values
     verification: Optional[dict[str, Any]] = None
     output: Optional[str] = None
     output_sha256: Optional[str] = None
@@ -64,6 +77,13 @@ class ConvertReport:
         ]
         for name, how in det["sources"].items():
             lines.append(f"  {name:<11} {how}")
+        rec = self.record
+        if rec.get("training_seed") is not None:
+            lines.append(f"  {'seed':<11} {rec['training_seed']} ({rec['training_seed_source']})")
+        if rec.get("classes_source"):
+            lines.append(f"  {'classes':<11} {len(rec['classes'])} recorded names ({rec['classes_source']})")
+        for line in self.disagreements:
+            lines.append(f"warning     {line}")
         lines.append(f"keys        {self.keys_in} in, {self.keys_out} out: {self.renamed} renamed, "
                      f"{len(self.dropped)} dropped, {self.added} added (key map '{self.key_map}')")
         for prefix, count in self.stripped_prefixes.items():
@@ -94,6 +114,12 @@ class Conversion:
     detection: Detection
     report: ConvertReport
     container: Any
+    resolution: Resolution = field(default_factory=lambda: Resolution(Record(), ()))
+
+    @property
+    def record(self) -> Record:
+        """The merged record: MD_R as the model uses it, training seed, own classes/palette."""
+        return self.resolution.record
 
 
 def _normalise(state: dict[str, torch.Tensor], key_map: KeyMap) -> MappingResult:
@@ -112,10 +138,19 @@ def convert_checkpoint(
     num_classes: Optional[int] = None,
     md_r: Optional[int] = None,
     md_r_source: Optional[str] = None,
+    seed: Optional[int] = None,
+    log: Optional[Record] = None,
+    registry: Optional[Record] = None,
     verify: bool = True,
     atol: float = 0.0,
 ) -> Conversion:
-    """Map and verify a checkpoint already read; raises BadInputError / VerificationError."""
+    """Map and verify a checkpoint already read; raises BadInputError / VerificationError.
+
+    MD_R, the training seed, classes and palette come from the artifact's own record
+    (:func:`artifact_record`), then ``log`` (a training log's record), then ``registry``;
+    ``md_r``/``seed`` are the user's overrides and beat them all (``md_r_source`` names
+    who gave them). Without any record, detection falls back to the layout's default MD_R.
+    """
     started = time.perf_counter()
     if to not in TARGETS:
         raise BadInputError(f"unknown target layout {to!r}; expected one of {', '.join(TARGETS)}")
@@ -124,9 +159,12 @@ def convert_checkpoint(
     probe_map = load_key_map("mmseg")  # containers and DDP prefixes are the same for every map
     state, container_key = find_state_dict(checkpoint.obj, probe_map.unwrap)
     normalised = _normalise(state, probe_map).tensors
-    det = detect(normalised, file_format=checkpoint.format, container=checkpoint.obj,
-                 layout=from_layout, variant=variant, num_classes=num_classes, md_r=md_r,
-                 md_r_source=md_r_source)
+    override = (Record.of(md_r_source or "user override", md_r=md_r, seed=seed)
+                if md_r is not None or seed is not None else None)
+    resolution = resolve(override=override, checkpoint=artifact_record(checkpoint), log=log, registry=registry)
+    det = detect(normalised, file_format=checkpoint.format, layout=from_layout, variant=variant,
+                 num_classes=num_classes, md_r=resolution.record.md_r,
+                 md_r_source=described_md_r_source(resolution.record))
     key_map = load_key_map(det.layout)
     forward = key_map.apply(state)
     source_named = _normalise(state, key_map).tensors
@@ -145,6 +183,7 @@ def convert_checkpoint(
         detection=det.to_dict(), target_layout=to, key_map=map_name, container=container_key,
         keys_in=len(state), keys_out=len(tensors), renamed=len(result.renamed),
         dropped=result.dropped, added=len(result.added), stripped_prefixes=result.stripped_prefixes,
+        record=record_summary(resolution.record, det), disagreements=list(resolution.disagreements),
     )
     if verify:
         source_model = load_into(build_for_layout(det.layout, det), source_named, det.layout)
@@ -158,7 +197,22 @@ def convert_checkpoint(
                 f"verification failed: {worst} differs by {outcome.max_abs_diff:.3g} (atol {atol:g}); "
                 "nothing written")
     report.seconds = time.perf_counter() - started
-    return Conversion(tensors, det, report, checkpoint.obj)
+    return Conversion(tensors, det, report, checkpoint.obj, resolution)
+
+
+def artifact_record(checkpoint: Checkpoint) -> Record:
+    """What the file says about itself: its ``meta``/``message_hub`` (mmcv, MMEngine), or
+    the header of a safetensors that segnext-hub wrote."""
+    return merge([read_record(checkpoint.obj), read_metadata_record(checkpoint.metadata)]).record
+
+
+def record_summary(record: Record, det: Detection) -> dict[str, Any]:
+    """The record as config.json, the manifest and the report name it."""
+    classes, palette = own_label_space(det.num_classes, det.dataset, record.classes, record.palette)
+    return {"md_r": det.md_r, "md_r_source": det.sources.get("md_r"),
+            "training_seed": record.seed, "training_seed_source": record.seed_source,
+            "classes": classes, "classes_source": record.classes_source if classes else None,
+            "palette": palette, "palette_source": record.palette_source if palette else None}
 
 
 def _merge(first: MappingResult, second: MappingResult) -> MappingResult:
@@ -189,6 +243,12 @@ def output_metadata(conv: Conversion, tool_version: str = __version__) -> dict[s
     if det.kind == "segmentor":
         meta.update(num_classes=str(det.num_classes), md_r=str(det.md_r),
                     md_r_source=det.sources.get("md_r", ""), dataset=det.dataset or "unknown")
+        rec = rep.record
+        if rec.get("training_seed") is not None:
+            meta.update(training_seed=str(rec["training_seed"]), training_seed_source=rec["training_seed_source"])
+        for key in ("classes", "palette"):
+            if rec.get(key):
+                meta[key] = json.dumps(rec[key])
     return meta
 
 
@@ -200,19 +260,16 @@ def write_output(conv: Conversion, dst: Union[str, Path], *, force: bool = False
         return write_safetensors(dst, conv.tensors, metadata, force=force)
     meta: dict[str, Any] = {"segnext_hub": metadata}
     if conv.detection.kind == "segmentor":
-        meta["dataset_meta"] = _dataset_meta(conv.detection.dataset, conv.detection.num_classes or 0)
+        meta["dataset_meta"] = _dataset_meta(conv)
     return write_pth(dst, {"meta": meta, "state_dict": conv.tensors}, force=force)
 
 
-def _dataset_meta(dataset: Optional[str], num_classes: int) -> dict[str, list]:
-    """Classes and palette for MMSeg's ``init_model`` (it reads them unguarded)."""
-    from ..datasets import get_dataset, guess_dataset, palette_for
-
-    info = get_dataset(dataset) if dataset else guess_dataset(num_classes)
-    if info is not None and info.num_classes == num_classes:
-        return {"classes": list(info.classes), "palette": [list(c) for c in info.palette]}
-    return {"classes": [f"class_{i}" for i in range(num_classes)],
-            "palette": palette_for(num_classes).tolist()}
+def _dataset_meta(conv: Conversion) -> dict[str, list]:
+    """Classes and palette for MMSeg's ``init_model`` (it reads them unguarded): the
+    checkpoint's own, else the dataset's."""
+    det, rec = conv.detection, conv.record
+    space = label_space(det.num_classes or 0, det.dataset, rec.classes, rec.palette)
+    return {"classes": list(space.classes), "palette": [list(c) for c in space.palette]}
 
 
 def check_destination(dst: Union[str, Path], force: bool) -> Path:
@@ -231,6 +288,8 @@ def convert(
     variant: Optional[str] = None,
     num_classes: Optional[int] = None,
     md_r: Optional[int] = None,
+    seed: Optional[int] = None,
+    log: Optional[Union[str, Path]] = None,
     verify: bool = True,
     atol: float = 0.0,
     force: bool = False,
@@ -239,13 +298,16 @@ def convert(
 
     Nothing is written unless every key is accounted for and, with ``verify``, the
     outputs match within ``atol`` (default: exact). An existing ``dst`` is kept unless
-    ``force``.
+    ``force``. ``log``: the run's training log, read for MD_R and seed where the
+    checkpoint does not record them; ``md_r``/``seed`` override every record.
     """
     started = time.perf_counter()
     dst = check_destination(dst, force)
+    log_record = record_from_log(log) if log is not None else None
     checkpoint = read_checkpoint(src)
     conv = convert_checkpoint(checkpoint, from_layout=from_layout, to=to, variant=variant,
-                              num_classes=num_classes, md_r=md_r, verify=verify, atol=atol)
+                              num_classes=num_classes, md_r=md_r, seed=seed, log=log_record,
+                              verify=verify, atol=atol)
     conv.report.output_sha256 = write_output(conv, dst, force=force)
     conv.report.output = str(dst)
     conv.report.seconds = time.perf_counter() - started

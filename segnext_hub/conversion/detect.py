@@ -14,14 +14,12 @@ import torch
 
 from ..errors import BadInputError
 from ..models.variants import VARIANTS, get_variant
-from .record import md_r_from_config
 
 LAYOUTS = ("official", "mmseg", "jittor")
 DATASETS_BY_CLASSES = {150: "ade20k", 19: "cityscapes", 171: "coco-stuff164k", 16: "isaid"}
 _OFFICIAL_DWCONV = re.compile(r"(^|\.)mlp\.dwconv\.dwconv\.(weight|bias)$")
 _MMSEG_DWCONV = re.compile(r"(^|\.)mlp\.dwconv\.(weight|bias)$")
 _BLOCK = re.compile(r"(?:^|\.)block([1-4])\.(\d+)\.")
-_MD_R = re.compile(r"""MD_R['"]?\s*[=:]\s*(\d+)""")
 
 
 @dataclass
@@ -89,38 +87,21 @@ def detect_variant(state: Mapping[str, torch.Tensor]) -> str:
                         "variant (T/S/B/L)")
 
 
-def md_r_from_meta(container: Any) -> Optional[int]:
-    """The NMF rank recorded in a checkpoint's config: mmcv ``meta.config`` text, or the nested
-    dict JSeg's ``Runner.save`` stores as ``meta.config`` (read by :func:`.record.md_r_from_config`)."""
-    if not isinstance(container, Mapping):
-        return None
-    meta = container.get("meta")
-    texts = []
-    if isinstance(meta, Mapping):
-        for key in ("config", "cfg"):
-            if isinstance(meta.get(key), str):
-                texts.append(meta[key])
-            elif type(meta.get(key)) is dict and (found := md_r_from_config(meta[key])) is not None:
-                return found.value
-    for text in texts:
-        found = _MD_R.findall(text)
-        if found:
-            return int(found[-1])
-    return None
-
-
 def detect(
     state: Mapping[str, torch.Tensor],
     *,
     file_format: str,
-    container: Any = None,
     layout: Optional[str] = None,
     variant: Optional[str] = None,
     num_classes: Optional[int] = None,
     md_r: Optional[int] = None,
     md_r_source: Optional[str] = None,
 ) -> Detection:
-    """Detect everything not given; ``state`` has containers and DDP prefixes removed."""
+    """Detect everything not given; ``state`` has containers and DDP prefixes removed.
+
+    ``md_r`` is what the artifact's record (``conversion.record``, resolved by the
+    converter) or the user says, with ``md_r_source``; without one, the layout's default.
+    """
     keys = list(state)
     sources: dict[str, str] = {}
     if layout not in (None, "auto") and layout not in LAYOUTS:
@@ -158,8 +139,6 @@ def detect(
         sources["dataset"] = f"from {num_classes} classes" if dataset else f"unknown for {num_classes} classes"
         if md_r is not None:
             sources["md_r"] = md_r_source or "given"
-        elif (found := md_r_from_meta(container)) is not None:
-            md_r, sources["md_r"] = found, "checkpoint meta config (MD_R)"
         elif layout == "mmseg":
             md_r = VARIANTS[variant].md_r_mmseg
             sources["md_r"] = "default: MMSeg 1.x configs as resolved (16 for every size)"
@@ -168,4 +147,6 @@ def detect(
             sources["md_r"] = "default: official configs (T/S 16, B/L 64)"
     elif num_classes is not None:
         raise BadInputError("--num-classes given, but the checkpoint is a backbone (no decode head)")
+    else:
+        md_r = None  # no decode head, no NMF rank, whatever a record says
     return Detection(layout, kind, variant, num_classes, dataset, md_r, sources)

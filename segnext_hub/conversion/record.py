@@ -516,6 +516,46 @@ def record_from_log(log: Union[PathLike, Any]) -> Record:
     return record_from_header(read_log_header(text))
 
 
+# --------------------------------------------------------------------------- written by us
+
+#: Header keys a segnext-hub safetensors (``segnext-convert``, ``pull``) records itself in.
+METADATA_KEYS = ("md_r", "md_r_source", "training_seed", "training_seed_source", "classes", "palette")
+
+
+def read_metadata_record(metadata: Optional[dict]) -> Record:
+    """The record a segnext-hub safetensors header carries (see ``converter.output_metadata``).
+
+    Values are strings there (JSON lists for classes and palette); the sources keep where
+    the converter first read each value, prefixed with where it is read now.
+    """
+    if not isinstance(metadata, dict) or metadata.get("architecture") != "segnext":
+        return Record()
+
+    def parsed(key: str) -> object:
+        try:
+            return json.loads(metadata[key]) if _plain_str(metadata.get(key)) else None
+        except ValueError:
+            return None
+
+    def source(key: str) -> str:
+        original = _plain_str(metadata.get(f"{key}_source"))
+        return f"safetensors metadata ({original})" if original else "safetensors metadata"
+
+    md_r, seed = _plain_int(parsed("md_r")), _plain_int(parsed("training_seed"))
+    classes, palette = _classes(parsed("classes")), _palette(parsed("palette"))
+    return Record(md_r=md_r, md_r_source=source("md_r") if md_r is not None else None,
+                  seed=seed, seed_source=source("training_seed") if seed is not None else None,
+                  classes=classes, classes_source="safetensors metadata" if classes else None,
+                  palette=palette, palette_source="safetensors metadata" if palette else None)
+
+
+def described_md_r_source(record: Record) -> Optional[str]:
+    """"checkpoint meta.config (ham_kwargs MD_R=16)": where MD_R was read and what it said."""
+    if record.md_r_source and record.md_r_note and record.md_r_note not in record.md_r_source:
+        return f"{record.md_r_source} ({record.md_r_note})"
+    return record.md_r_source
+
+
 # --------------------------------------------------------------------------- precedence
 
 

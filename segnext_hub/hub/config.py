@@ -20,11 +20,18 @@ CARD_FILE = "README.md"
 REPO_FILES = (MODEL_FILE, CONFIG_FILE, CARD_FILE)
 
 
-def make_config(detection: Mapping[str, Any], *, name: str, artifact: Any = None) -> dict[str, Any]:
+#: What config.json records about the run, each value next to where it was read.
+RECORD_KEYS = ("training_seed", "training_seed_source", "classes", "palette")
+
+
+def make_config(detection: Mapping[str, Any], *, name: str, artifact: Any = None,
+                record: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """config.json for converted weights; ``detection`` is ``Detection.to_dict()``.
 
     With a registry ``artifact``, its test settings, source and licence are recorded too;
-    a local file leaves them empty.
+    a local file leaves them empty. ``record`` (``ConvertReport.record``) adds the
+    training seed and its source, and the classes/palette the artifact recorded where they
+    differ from the dataset's (so ``predict`` and ``eval`` show the model's own names).
     """
     config = {
         "architecture": "segnext",
@@ -43,7 +50,12 @@ def make_config(detection: Mapping[str, Any], *, name: str, artifact: Any = None
         "source_url": None,
         "license": None,
         "segnext_hub_version": __version__,
+        "training_seed": None,
+        "training_seed_source": None,
     }
+    for key in RECORD_KEYS:
+        if record and record.get(key) is not None:
+            config[key] = record[key]
     if artifact is not None:
         config.update(
             test_mode=artifact.test_mode,
@@ -65,6 +77,16 @@ def config_from_metadata(meta: Mapping[str, str]) -> Optional[dict[str, Any]]:
     if config["kind"] == "segmentor":
         config.update(num_classes=int(meta["num_classes"]), md_r=int(meta["md_r"]),
                       md_r_source=meta.get("md_r_source"), dataset=meta.get("dataset"))
+        if str(meta.get("training_seed", "")).isdigit():
+            config.update(training_seed=int(meta["training_seed"]),
+                          training_seed_source=meta.get("training_seed_source"))
+        for key in ("classes", "palette"):
+            try:
+                value = json.loads(meta[key]) if key in meta else None
+            except ValueError:
+                value = None
+            if isinstance(value, list) and len(value) == config["num_classes"]:
+                config[key] = value
     return config
 
 

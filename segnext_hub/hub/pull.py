@@ -4,7 +4,8 @@ A cache folder holds, per artifact name::
 
     <cache>/<name>/raw/<filename>       the published file, byte for byte
     <cache>/<name>/model.safetensors    MMSeg-named weights, verified against the raw file
-    <cache>/<name>/config.json          what ``load`` needs to build the model
+    <cache>/<name>/config.json          what ``load`` needs to build the model, with the
+                                        artifact's record (MD_R, training seed) and sources
     <cache>/<name>/<log file>           the training log, where one is published
     <cache>/<name>/manifest.json        hashes, hash status, conversion report
 
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .._version import __version__
+from ..conversion.record import Record, record_from_log  # pure Python: no torch
 from ..errors import BadInputError, DownloadError, OfflineError, SegnextHubError
 from ..fileio import atomic_write_bytes, sha256_file
 from .cache import (
@@ -101,7 +103,7 @@ def _pull_locked(art: Artifact, folder: Path, *, strict: bool, progress: Optiona
     # Conversion needs torch and downloading needs requests; both are imported here so that
     # a cached pull, list, info, path and verify (which all import this module) are kept
     # out of them and answer at once.
-    from ..conversion.converter import convert_checkpoint, write_output
+    from ..conversion.converter import artifact_record, convert_checkpoint, write_output
     from ..conversion.reading import read_checkpoint
     from .download import download
 
@@ -113,26 +115,34 @@ def _pull_locked(art: Artifact, folder: Path, *, strict: bool, progress: Optiona
     raw.parent.mkdir(parents=True, exist_ok=True)
     result = download(art.url, raw, expected_sha256=art.sha256, progress=progress, desc=art.name)
     warnings: list[str] = []
+    log_file = None
     try:
         hash_status, warning = _check_hash(art, result.sha256, strict)
         checkpoint = read_checkpoint(raw)
+        # The log comes before the conversion: its config text is the second witness of MD_R.
+        log_file, log_error = _fetch_log(art, folder, progress)
+        log_record, log_error = _log_record(folder, log_file, log_error)
+        own = artifact_record(checkpoint)
         conversion = convert_checkpoint(
             checkpoint, from_layout=art.layout, variant=art.variant, num_classes=art.num_classes,
-            md_r=art.md_r, md_r_source=f"registry: {art.md_r_source}" if art.md_r is not None else None)
+            log=log_record, registry=registry_record(art, recorded=own.md_r is not None or (
+                log_record is not None and log_record.md_r is not None)))
         if conversion.detection.kind != art.kind:
             raise BadInputError(f"{art.name}: expected a {art.kind} checkpoint, the file holds a "
                                 f"{conversion.detection.kind}")
     except SegnextHubError as err:
         raw.unlink(missing_ok=True)
+        if log_file:
+            (folder / log_file).unlink(missing_ok=True)
         raise type(err)(f"{art.name}: downloaded file rejected and deleted: {err}") from None
-    if warning:
-        warnings.append(warning)
-        print(f"warning: {warning}", file=sys.stderr)
+    disagreements = [f"{art.name}: sources disagree: {line}" for line in conversion.report.disagreements]
+    for message in ([warning] if warning else []) + disagreements:
+        warnings.append(message)
+        print(f"warning: {message}", file=sys.stderr)
     model_sha = write_output(conversion, folder / MODEL_FILE, force=True)
     detection = conversion.detection.to_dict()
-    atomic_write_bytes(folder / CONFIG_FILE, json.dumps(make_config(detection, name=art.name, artifact=art), indent=2).encode(),
-                       force=True)
-    log_file, log_error = _fetch_log(art, folder, progress)
+    config = make_config(detection, name=art.name, artifact=art, record=conversion.report.record)
+    atomic_write_bytes(folder / CONFIG_FILE, json.dumps(config, indent=2).encode(), force=True)
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "complete": True,
@@ -149,6 +159,8 @@ def _pull_locked(art: Artifact, folder: Path, *, strict: bool, progress: Optiona
         "model_sha256": model_sha,
         "log_file": log_file,
         "log_error": log_error,
+        "record": conversion.report.record,
+        "record_disagreements": disagreements,
         "conversion": conversion.report.to_dict(),
         "pulled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "segnext_hub_version": __version__,
@@ -169,6 +181,26 @@ def _fetch_log(art: Artifact, folder: Path, progress: Optional[bool]) -> tuple[O
     except SegnextHubError as err:
         return None, str(err)
     return name, None
+
+
+def registry_record(art: Artifact, *, recorded: bool) -> Optional[Record]:
+    """What the registry knows, the last witness. An unsettled MD_R (``md_r_settled:
+    false``, MMSeg B/L) steps aside when the checkpoint or its log records one, so the
+    artifact settles it without a warning; a settled one that disagrees is reported."""
+    if art.md_r is None or (recorded and not art.md_r_settled):
+        return None
+    return Record.of(f"registry: {art.md_r_source}", md_r=art.md_r)
+
+
+def _log_record(folder: Path, log_file: Optional[str],
+                log_error: Optional[str]) -> tuple[Optional[Record], Optional[str]]:
+    """The downloaded log's record; an unreadable log is noted, never fatal."""
+    if not log_file:
+        return None, log_error
+    try:
+        return record_from_log(folder / log_file), log_error
+    except (SegnextHubError, OSError, ValueError) as err:
+        return None, f"training log not readable: {err}"
 
 
 def verify_cached(name: str) -> list[str]:

@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..datasets import get_dataset
+from ..datasets import get_dataset, label_space
 from ..errors import BadInputError
 from ..progress import progress_bar
 from .metrics import IGNORE_INDEX, IoUAccumulator, two_places
@@ -242,6 +242,13 @@ def iter_samples(data_dir: PathLike, dataset: Optional[str] = None,
     return layout, root, samples
 
 
+def _class_names(model: Any, dataset: str) -> tuple[str, ...]:
+    """The names the model's own record gives its classes (a relabelled label space), else
+    the dataset's."""
+    config = getattr(model, "segnext_config", {}) or {}
+    return label_space(int(model.num_classes), dataset, config.get("classes")).classes
+
+
 def evaluate(
     model: Any,
     data_dir: PathLike,
@@ -309,7 +316,7 @@ def evaluate(
     return EvalResult(
         dataset=layout.name, data_root=str(root), num_images=acc.count,
         aAcc=summary["aAcc"], mIoU=summary["mIoU"], mAcc=summary["mAcc"],
-        classes=list(info.classes), iou=[two_places(v) for v in iou], acc=[two_places(v) for v in class_acc],
+        classes=list(_class_names(model, info.name)), iou=[two_places(v) for v in iou], acc=[two_places(v) for v in class_acc],
         areas={k: [int(x) for x in v] for k, v in acc.exact.items()},
         settings=settings, seconds=round(time.perf_counter() - start, 3),
     )

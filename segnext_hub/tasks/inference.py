@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from ..datasets import palette_for
+from ..datasets import LabelSpace, label_space
 from ..errors import BadInputError
+from ..fileio import atomic_write_bytes
 from ..progress import progress_bar
 from .evaluate import LAYOUTS, load_image
 from .visualize import save_outputs
@@ -39,6 +41,24 @@ def test_settings(model: Any, mode: Optional[str] = None) -> dict[str, Any]:
     return settings
 
 
+LEGEND_FILE = "legend.json"
+
+
+def model_label_space(model: Any) -> LabelSpace:
+    """The classes and colours a model's outputs are shown with: those the artifact
+    recorded (config.json / safetensors metadata / checkpoint meta), else its dataset's."""
+    config = getattr(model, "segnext_config", {}) or {}
+    return label_space(int(model.num_classes), config.get("dataset"), config.get("classes"), config.get("palette"))
+
+
+def write_legend(space: LabelSpace, out: Path) -> Path:
+    """``legend.json``: class index -> name and RGB colour, as the colour PNGs use them."""
+    legend = {"source": space.source, "classes": [
+        {"index": i, "name": name, "color": list(rgb)} for i, (name, rgb) in enumerate(zip(space.classes, space.palette))]}
+    atomic_write_bytes(out / LEGEND_FILE, json.dumps(legend, indent=1).encode(), force=True)
+    return out / LEGEND_FILE
+
+
 def predict_files(
     model: Any,
     images: Sequence[Union[str, os.PathLike]],
@@ -48,7 +68,8 @@ def predict_files(
     seed: Optional[int] = 0,
     progress: Optional[bool] = None,
 ) -> list[dict[str, Path]]:
-    """Predict each image and write ``<stem>_classes.png``, ``_color.png``, ``_overlay.png``.
+    """Predict each image and write ``<stem>_classes.png``, ``_color.png``, ``_overlay.png``,
+    and one ``legend.json`` naming each class index and its colour.
 
     ``seed``: ``torch.manual_seed(seed)`` before each image, so a result does not depend
     on which images came before it (None: leave the global RNG alone).
@@ -62,8 +83,9 @@ def predict_files(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = test_settings(model, mode)
-    config = getattr(model, "segnext_config", {}) or {}
-    palette = palette_for(model.num_classes, config.get("dataset") if config.get("dataset") else None)
+    space = model_label_space(model)
+    palette = space.palette_array()
+    write_legend(space, out)
     stems = [p.stem for p in paths]
     written = []
     with progress_bar(len(paths), "predict", progress if len(paths) > 1 else False, unit="img") as bar:

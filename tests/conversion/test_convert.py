@@ -68,11 +68,16 @@ def test_official_segmentor_to_safetensors(tmp_path, t_state):
 
 def test_md_r_defaults_by_layout_and_override(tmp_path):
     state = factory.mmseg_state("b", seed=3, md_r=64)
-    src = factory.write_official(tmp_path / "b.pth", state)  # no MD_R recorded
+    src = factory.write_official(tmp_path / "b.pth", state)  # config text without ham_kwargs: B/L
     report = convert(src, tmp_path / "b.safetensors")
-    assert report.detection["md_r"] == 64 and "official" in report.detection["sources"]["md_r"]
+    assert report.detection["md_r"] == 64
+    assert report.detection["sources"]["md_r"] == "checkpoint meta.config (LightHamHead without MD_R: code default 64)"
     report = convert(src, tmp_path / "b16.safetensors", md_r=16)
-    assert report.detection["md_r"] == 16 and report.detection["sources"]["md_r"] == "given"
+    assert report.detection["md_r"] == 16 and report.detection["sources"]["md_r"] == "user override"
+    bare = tmp_path / "bare.pth"
+    torch.save({"state_dict": factory.to_official(state)}, bare)  # nothing recorded: the layout's default
+    report = convert(bare, tmp_path / "bare.safetensors")
+    assert report.detection["md_r"] == 64 and "official" in report.detection["sources"]["md_r"]
 
 
 def test_official_round_trip_is_bit_exact(tmp_path, t_state):

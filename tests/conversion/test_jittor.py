@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from segnext_hub.cli.convert import main as convert_cli
-from segnext_hub.conversion.detect import md_r_from_meta
+from segnext_hub.conversion.record import read_record
 from segnext_hub.conversion.reading import read_checkpoint
 from segnext_hub.errors import BadInputError, UnsafePickleError
 from tests.helpers import factory
@@ -223,7 +223,7 @@ def test_segnext_convert_reads_a_jseg_runner_checkpoint_in_the_new_form(tmp_path
     det = report["detection"]
     assert report["container"] == "model" and report["source_format"] == "jittor-pkl"
     assert (det["layout"], det["kind"], det["variant"], det["num_classes"]) == ("jittor", "segmentor", "t", 150)
-    assert det["md_r"] == 16 and det["sources"]["md_r"] == "checkpoint meta config (MD_R)"
+    assert det["md_r"] == 16 and det["sources"]["md_r"] == "checkpoint meta.config (ham_kwargs MD_R=16)"
     assert report["verification"]["verified"] and report["verification"]["max_abs_diff"] == 0.0
     out = load_file(tmp_path / "out.safetensors")
     for key, value in state.items():
@@ -233,6 +233,6 @@ def test_segnext_convert_reads_a_jseg_runner_checkpoint_in_the_new_form(tmp_path
 
 def test_md_r_comes_from_the_jseg_config_dict():
     meta = read_checkpoint(DATA / "runner_checkpoint.pkl").obj["meta"]
-    assert md_r_from_meta({"meta": meta}) == 16
+    assert read_record({"meta": meta}).md_r == 16
     meta["config"]["model"]["decode_head"]["ham_kwargs"]["MD_R"] = 8
-    assert md_r_from_meta({"meta": meta}) == 8
+    assert read_record({"meta": meta}).md_r == 8
