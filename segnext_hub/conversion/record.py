@@ -518,16 +518,10 @@ def record_from_log(log: Union[PathLike, Any]) -> Record:
 
 # --------------------------------------------------------------------------- written by us
 
-#: Header keys a segnext-hub safetensors (``segnext-convert``, ``pull``) records itself in.
-METADATA_KEYS = ("md_r", "md_r_source", "training_seed", "training_seed_source", "classes", "palette")
-
 
 def read_metadata_record(metadata: Optional[dict]) -> Record:
-    """The record a segnext-hub safetensors header carries (see ``converter.output_metadata``).
-
-    Values are strings there (JSON lists for classes and palette); the sources keep where
-    the converter first read each value, prefixed with where it is read now.
-    """
+    """The record a segnext-hub safetensors header carries (``converter.output_metadata``):
+    strings (JSON lists for classes/palette), each source kept inside the new one."""
     if not isinstance(metadata, dict) or metadata.get("architecture") != "segnext":
         return Record()
 
@@ -541,8 +535,8 @@ def read_metadata_record(metadata: Optional[dict]) -> Record:
         original = _plain_str(metadata.get(f"{key}_source"))
         return f"safetensors metadata ({original})" if original else "safetensors metadata"
 
-    md_r, seed = _plain_int(parsed("md_r")), _plain_int(parsed("training_seed"))
-    classes, palette = _classes(parsed("classes")), _palette(parsed("palette"))
+    md_r, seed, classes, palette = (_plain_int(parsed("md_r")), _plain_int(parsed("training_seed")),
+                                    _classes(parsed("classes")), _palette(parsed("palette")))
     return Record(md_r=md_r, md_r_source=source("md_r") if md_r is not None else None,
                   seed=seed, seed_source=source("training_seed") if seed is not None else None,
                   classes=classes, classes_source="safetensors metadata" if classes else None,

@@ -238,13 +238,15 @@ def mmengine_checkpoint(state: dict, *, variant: str = "t", md_r: Optional[int] 
     scalars = OrderedDict((key, HistoryBuffer([0.5, 0.4], [1, 1])) for key in ("train/lr", "train/loss", "train/time"))
     runtime_info = OrderedDict(cfg=cfg, seed=seed, experiment_name=meta["experiment_name"],
                                mmengine_version="0.4.0", dataset_meta=dataset_meta, epoch=0, iter=160000,
-                               max_iters=160000, max_epochs=1)
+                               max_iters=160000, max_epochs=1, eta=np.float64(0.0),
+                               last_ckpt=f"work_dirs/{name}/iter_160000.pth")
     resumed = OrderedDict((k, True) for k in list(scalars) + list(runtime_info))
     message_hub = {"log_scalars": scalars, "runtime_info": runtime_info, "resumed_keys": resumed}
-    schedulers = [{"start_factor": 1e-06, "end_factor": 1.0, "begin": 0, "end": 1500, "by_epoch": False,
-                   "last_step": 1500, "base_values": [6e-05], "_last_lr": [6e-05], "verbose": False},
-                  {"eta_min": 0.0, "power": 1.0, "begin": 1500, "end": 160000, "by_epoch": False,
-                   "last_step": 160000, "base_values": [6e-05], "_last_lr": [0.0], "verbose": False}]
+    common = {"total_iters": 0, "param_name": "lr", "by_epoch": False, "base_values": [6e-05],
+              "_global_step": 160000, "verbose": False}
+    schedulers = [dict(common, start_factor=1e-06, end_factor=1.0, begin=0, end=1500, last_step=1500,
+                       _last_value=[6e-05]),
+                  dict(common, eta_min=0.0, power=1.0, begin=1500, end=160000, last_step=158500, _last_value=[0.0])]
     return {"meta": meta, "state_dict": with_metadata(state), "message_hub": message_hub,
             "optimizer": _adamw_state(state), "param_schedulers": schedulers}
 

@@ -131,7 +131,7 @@ def test_export_of_a_registry_artifact(world):
     assert {"semantic-segmentation", "segnext", "ade20k"} <= set(meta["tags"])
     art, manifest = world.art, json.loads((cache / "manifest.json").read_text())
     for fact in ("41.50", "42.59", "52.38", art.metrics.source, art.provenance, art.url, art.license,
-                 art.log_url, manifest["raw_sha256"], "md_r = 16", art.md_r_source, "torch.manual_seed",
+                 art.log_url, manifest["raw_sha256"], "md_r = 16", config["md_r_source"], "torch.manual_seed",
                  f'segnext_hub.load("hf://{REPO}")', "scale=(2048, 512)", "passed"):
         assert fact in card, fact
 
@@ -155,7 +155,7 @@ def test_export_of_a_local_checkpoint_converts_and_verifies(world):
     card = (out / "README.md").read_text()
     assert "license" not in front_matter(card)  # unknown: the card says so instead of guessing
     assert "Licence" in card and "Not recorded" in card and "my_segnext.pth" in card
-    assert "hf://ORG/NAME" in card and "default: official configs" in card
+    assert "hf://ORG/NAME" in card and "checkpoint meta.config (ham_kwargs MD_R=16)" in card  # its own record
     assert same_outputs(load_folder(out), reference_model())
 
 
