@@ -1,58 +1,238 @@
-"""Atomic file writes and hashing: the one place that decides how bytes reach disk."""
+"""Atomic file writes and hashing: the one place that decides how bytes reach disk.
+
+Files and folders are created the way every other tool creates them: mode 0o666 / 0o777
+minus the umask (0644 under umask 022, 0664 under 002), so a cache on a team volume is
+shared by setting a group-friendly umask, nothing else.
+"""
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 import hashlib
 import os
-import tempfile
+import re
+import secrets
+import shutil
+import time
 from pathlib import Path
-from typing import IO, Any, Iterator, Union
+from typing import IO, Any, Iterator, Optional, Union
 
 from .errors import BadInputError
 
+try:  # POSIX: a writer holds a lock on its temp file, so a dead writer's file is recognisable
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: only the age rule applies
+    fcntl = None  # type: ignore[assignment]
+
 PathLike = Union[str, "os.PathLike[str]"]
 CHUNK = 1 << 20
+# A killed writer's temp file may be deleted once nobody holds its lock and it is this old
+# (or its pid is dead on this machine): long enough for a writer on another host whose
+# lock this filesystem cannot see to have written something since.
+STALE_TEMP_SECONDS = 10 * 60
+# Kept free beyond an expected size, so that a write that "just fits" does not fill the disk.
+FREE_SPACE_MARGIN = 16 << 20
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux /proc)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic read-by-setting, restored at once
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a new file gets from ``open()``: 0o666 minus the umask."""
+    return 0o666 & ~current_umask()
+
+
+def storage_error(err: OSError, target: PathLike, action: str = "write") -> BadInputError:
+    """One line naming the file the user asked for (never our hidden temp file)."""
+    reason = err.strerror or type(err).__name__
+    hint = ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "; free some space or choose another folder"
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "; check the folder's permissions (or choose another one)"
+    return BadInputError(f"cannot {action} {target}: {reason}{hint}")
+
+
+def require_free_space(folder: PathLike, needed: int, target: PathLike) -> None:
+    """Fail before a long job when ``needed`` bytes (plus a margin) will not fit in ``folder``."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # not measurable (odd filesystems): the write itself will report
+    if free < needed + FREE_SPACE_MARGIN:
+        raise BadInputError(
+            f"cannot write {target}: needs {needed / 2**20:.1f} MiB, only {free / 2**20:.1f} MiB free "
+            f"in {folder}; free some space or choose another folder"
+        )
 
 
 def check_destination(path: PathLike, *, force: bool = False) -> Path:
-    """Fail before any work when ``path`` cannot (or, without ``force``, must not) be written."""
+    """Fail before any work when ``path`` cannot (or, without ``force``, must not) be written.
+
+    A symlink counts as existing even when it dangles: replacing it is an overwrite.
+    """
     target = Path(path)
     if target.is_dir():
         raise BadInputError(f"output path {target} is a directory")
-    if target.exists() and not force:
-        raise BadInputError(f"{target} already exists (use --force to overwrite)")
+    if os.path.lexists(target) and not force:
+        kind = "a dangling symlink" if target.is_symlink() and not target.exists() else "it"
+        raise BadInputError(f"{target} already exists{'' if kind == 'it' else ' as ' + kind} "
+                            "(use --force to overwrite)")
     if not target.parent.is_dir():
         raise BadInputError(f"output directory {target.parent} does not exist")
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise BadInputError(f"cannot write {target}: the folder {target.parent} is not writable")
     return target
 
 
+_TEMP_RE = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp")
+
+
+def temp_name(target: Path) -> Path:
+    """``.<name>.<pid>-<random>.tmp`` beside ``target``: hidden, and recognisably ours."""
+    return target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's) or unknowable: assume alive
+    return True
+
+
+def _unlocked(path: Path) -> bool:
+    """Whether no live writer holds ``path``'s lock (always True without fcntl)."""
+    if fcntl is None:
+        return True
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def clean_stale_temps(target: Path, *, now: Optional[float] = None) -> list[Path]:
+    """Delete temp files a killed writer of ``target`` left behind; returns what went.
+
+    A temp file is stale when no process holds its lock and either its pid is dead on this
+    machine or it has not changed for :data:`STALE_TEMP_SECONDS` (a writer elsewhere on a
+    shared volume). Only files named by :func:`temp_name` for this target are considered.
+    """
+    removed: list[Path] = []
+    now = time.time() if now is None else now
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_RE.fullmatch(entry.name)
+        if not match or match["name"] != target.name or int(match["pid"]) == os.getpid():
+            continue
+        path = Path(entry.path)
+        try:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        if not _unlocked(path):
+            continue
+        if _pid_alive(int(match["pid"])) and age < STALE_TEMP_SECONDS:
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
-def atomic_writer(path: PathLike, *, force: bool = False, mode: str = "wb") -> Iterator[IO]:
+def atomic_writer(path: PathLike, *, force: bool = False, mode: str = "wb",
+                  expected_size: Optional[int] = None) -> Iterator[IO]:
     """Write to a temp file beside ``path`` and rename it into place on success.
 
     On any exception the temp file is removed and an existing ``path`` is untouched.
-    Without ``force`` an existing ``path`` is an error (checked before writing).
+    Without ``force`` an existing ``path`` is an error (checked before writing). With
+    ``expected_size`` the free space is checked first. The file gets the umask's mode
+    (``mkstemp`` would make it 0600 and unreadable for the rest of a team). Storage errors
+    (disk full, read-only, permissions) become one line naming ``path``.
     """
     target = check_destination(path, force=force)
-    parent = target.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
+    clean_stale_temps(target)
+    if expected_size is not None:
+        require_free_space(target.parent, expected_size, target)
+    tmp = temp_name(target)
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as err:
+        raise storage_error(err, target) from None
+    try:
+        if fcntl is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "a live writer owns this"
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno in _STORAGE_ERRNOS:
+            raise storage_error(err, target) from None
         raise
 
 
 def atomic_write_bytes(path: PathLike, data: bytes, *, force: bool = False) -> None:
-    with atomic_writer(path, force=force) as handle:
+    with atomic_writer(path, force=force, expected_size=len(data)) as handle:
         handle.write(data)
+
+
+def make_dirs(folder: PathLike) -> Path:
+    """``mkdir -p`` with the umask's mode; a storage error is one line naming the folder."""
+    target = Path(folder)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise BadInputError(f"cannot create folder {target}: a file of that name is in the way") from None
+    except NotADirectoryError:
+        raise BadInputError(f"cannot create folder {target}: part of that path is a file") from None
+    except OSError as err:
+        raise storage_error(err, target, "create folder") from None
+    return target
+
+
+def make_temp_dir(parent: PathLike, prefix: str) -> Path:
+    """A fresh hidden folder in ``parent`` with the umask's mode (``mkdtemp`` makes it 0700)."""
+    for _ in range(100):
+        folder = Path(parent) / f"{prefix}{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise storage_error(err, Path(parent), "write in") from None
+        return folder
+    raise BadInputError(f"cannot create a temporary folder in {parent}")
 
 
 def sha256_file(path: PathLike) -> str:

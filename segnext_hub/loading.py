@@ -16,6 +16,7 @@ import collections
 import copy
 import functools
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +30,11 @@ from torch import nn
 from .conversion.converter import convert_checkpoint
 from .conversion.reading import read_checkpoint
 from .conversion.verify import check_keys
-from .errors import BadInputError
+from .errors import BadInputError, SegnextHubError
+from .hub.cache import artifact_dir, damaged, use_lock
 from .hub.config import CONFIG_FILE, MODEL_FILE, config_from_metadata, make_config, read_config
 from .hub.hf import download_repo
-from .hub.pull import pull
+from .hub.pull import cached_manifest, pull
 from .hub.registry import get_artifact
 from .models import create_model
 
@@ -245,11 +247,45 @@ def map_safetensors(path: Union[str, Path]) -> dict[str, torch.Tensor]:
 
 def load_folder(folder: Path, **kwargs: Any) -> nn.Module:
     """A cache or Hub folder with model.safetensors + config.json."""
+    config, state = read_folder(folder)
+    return build_from_config(config, state, **kwargs)
+
+
+def read_folder(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config, MMSeg-named tensors) of a folder; an unreadable file is one line naming it."""
     config_file, weights = folder / CONFIG_FILE, folder / MODEL_FILE
     if not config_file.is_file() or not weights.is_file():
         raise BadInputError(f"{folder} has no {MODEL_FILE} + {CONFIG_FILE}")
     config = read_config(config_file)
-    return build_from_config(config, map_safetensors(weights), **kwargs)
+    return config, map_safetensors(weights)  # BadInputError naming the file when unreadable
+
+
+class RemovedWhileLoading(SegnextHubError):
+    """``segnext-hub rm`` (or another process) removed the artifact between our pull and
+    our read; the user decides whether to pull it again."""
+
+
+def read_cached(name: str, *, progress: Optional[bool] = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config, tensors) of a registry artifact, pulled first if needed.
+
+    Maps the weights under the artifact's shared use lock, so ``rm`` or a repairing pull
+    waits until the mapping exists (a file removed or replaced after that stays readable
+    through the mapping: both replace files by rename, never in place); the sizes of config.json and model.safetensors are checked
+    against the manifest first (a stat each) and a damaged entry names the repair command.
+    """
+    for attempt in range(2):
+        with use_lock(name):
+            manifest = cached_manifest(name)  # DamagedEntryError: one line with the repair command
+            if manifest is not None:
+                folder = artifact_dir(name)
+                try:
+                    return read_folder(folder)
+                except BadInputError as err:
+                    raise damaged(name, str(err).replace(f"{folder}/", ""), force=True) from None
+        if attempt:
+            break
+        pull(name, progress=progress)
+    raise RemovedWhileLoading(f"{name} was removed while loading; pull it again (segnext-hub pull {name})")
 
 
 def load_file_path(path: Path, **kwargs: Any) -> nn.Module:
@@ -299,7 +335,8 @@ def _load_exact(name_or_path: Union[str, Path], *, device: Union[str, torch.devi
         return load_folder(download_repo(source.name), **kwargs)
     if source.kind == "path":
         return load_file_path(source.path, **kwargs)
-    return load_folder(pull(source.name, progress=progress).path, **kwargs)
+    config, state = read_cached(source.name, progress=progress)
+    return build_from_config(config, state, **kwargs)
 
 
 HF_SCHEME = "hf://"
@@ -316,14 +353,19 @@ class Source:
     path: Optional[Path] = None
 
 
-def resolve(name_or_path: Union[str, Path]) -> Source:
+def resolve(name_or_path: Union[str, Path], *, note: bool = True) -> Source:
     """The one rule, documented in README ("Names and paths"):
 
     * ``hf://org/repo[@revision]`` is a Hugging Face repo;
     * a ``Path`` object, or text with a path separator, a leading ``.`` or ``~``, or a
       checkpoint suffix, is a local path (``./mscan-t`` is the folder named mscan-t);
-    * any other text is a registry name, even where a file of that name exists, which is
-      then mentioned on stderr, so a local folder never silently shadows a published model.
+    * any other text is a registry name (or alias), even where a file of that name exists,
+      which is then mentioned on stderr, so a local folder never silently shadows a
+      published model;
+    * text that is no registry name but names an existing file or folder is that path;
+      anything else is an unknown name, answered with "did you mean".
+
+    ``note=False`` silences the stderr note (for a second look-up of the same argument).
     """
     if isinstance(name_or_path, Path):
         return _local(name_or_path)
@@ -333,8 +375,13 @@ def resolve(name_or_path: Union[str, Path]) -> Source:
     if (any(sep in text for sep in ("/", "\\")) or text.startswith((".", "~"))
             or text.lower().endswith(_CHECKPOINT_SUFFIXES)):
         return _local(Path(text))
-    artifact = get_artifact(text)  # unknown names: one line with "did you mean"
-    if Path(text).exists():
+    try:
+        artifact = get_artifact(text)  # unknown names: one line with "did you mean"
+    except BadInputError:
+        if text and os.path.lexists(text):  # not a registry name: the local file it names
+            return _local(Path(text))
+        raise
+    if note and os.path.lexists(text):
         print(f"note: {text!r} is the registry artifact {artifact.name}; write ./{text} for the local "
               "path of that name", file=sys.stderr)
     return Source("registry", artifact.name)
@@ -345,3 +392,14 @@ def _local(path: Path) -> Source:
     if not path.exists():
         raise BadInputError(f"{path}: no such file or folder")
     return Source("path", str(path), path)
+
+
+def source_file(name_or_path: Union[str, Path]) -> Path:
+    """The one file a name or path designates, for commands that read a file (convert):
+    a registry name's cached weights (pulled if needed), an hf:// repo's weights, or the path."""
+    source = resolve(name_or_path)
+    if source.kind == "registry":
+        return pull(source.name).path / MODEL_FILE
+    if source.kind == "hf":
+        return download_repo(source.name) / MODEL_FILE
+    return source.path

@@ -26,17 +26,17 @@ def _mib(size: Optional[int]) -> str:
 @command_options
 def list_command(cached: bool, as_json: bool) -> None:
     """Every published SegNeXt artifact: name, dataset, mIoU, parameters, cached or not."""
-    from ..hub.pull import cached_manifest
+    from ..hub.pull import cache_state
     from ..hub.registry import expected_param_count, list_artifacts
 
     rows = []
     for art in list_artifacts():
-        is_cached = cached_manifest(art.name) is not None
-        if cached and not is_cached:
+        state = cache_state(art.name)[0]
+        if cached and state == "not cached":
             continue
         rows.append({"name": art.name, "kind": art.kind, "dataset": art.dataset, "miou": art.metrics.miou,
-                     "miou_ms": art.metrics.miou_ms, "params": expected_param_count(art), "cached": is_cached,
-                     "source": art.layout})
+                     "miou_ms": art.metrics.miou_ms, "params": expected_param_count(art),
+                     "cached": state == "cached", "damaged": state == "damaged", "source": art.layout})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -45,7 +45,7 @@ def list_command(cached: bool, as_json: bool) -> None:
         miou = f"{row['miou']:.2f}" if row["miou"] is not None else "-"
         ms = f"{row['miou_ms']:.2f}" if row["miou_ms"] is not None else "-"
         click.echo(f"{row['name']:<30} {row['dataset']:<11} {miou:>6} {ms:>6} {row['params'] / 1e6:>6.1f}M "
-                   f"{row['source']:<9} {'yes' if row['cached'] else ''}")
+                   f"{row['source']:<9} {'yes' if row['cached'] else 'DAMAGED' if row['damaged'] else ''}")
 
 
 @click.command()
@@ -97,14 +97,16 @@ def info(name: str, as_json: bool) -> None:
 
     from ..hub.cache import artifact_dir
     from ..hub.config import CONFIG_FILE, read_config
-    from ..hub.pull import cached_manifest
+    from ..hub.pull import cache_state
     from ..hub.registry import get_artifact
 
     art = get_artifact(name)
-    manifest = cached_manifest(art.name)
-    data = {"artifact": dataclasses.asdict(art), "cached": manifest is not None,
+    state, manifest, problem = cache_state(art.name)
+    data = {"artifact": dataclasses.asdict(art), "cached": manifest is not None, "cache_state": state,
             "md_r": art.md_r, "md_r_source": f"registry: {art.md_r_source}" if art.md_r is not None else None,
             "training_seed": None, "training_seed_source": None, "record_warnings": []}
+    if problem:
+        data["damage"] = problem
     if manifest:
         config = read_config(artifact_dir(art.name) / CONFIG_FILE)
         data.update({key: config.get(key) for key in ("md_r", "md_r_source", "training_seed", "training_seed_source")},
@@ -127,7 +129,8 @@ def info(name: str, as_json: bool) -> None:
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
         click.echo(f"{key:<15} {value}")
-    click.echo(f"{'cached':<15} {'yes: ' + data['path'] if manifest else 'no'}")
+    shown = {"cached": f"yes: {data.get('path')}", "damaged": f"DAMAGED: {problem}"}.get(state, "no")
+    click.echo(f"{'cached':<15} {shown}")
     if data["md_r"] is not None:
         click.echo(f"{'MD_R':<15} {data['md_r']} ({data['md_r_source']})")
     if manifest:
@@ -161,6 +164,8 @@ def verify(names: tuple[str, ...]) -> None:
     from ..hub.registry import get_artifact
 
     targets = [get_artifact(n).name for n in names] or cached_names()
+    if not targets:
+        click.echo("nothing cached to verify")
     problems = []
     for name in targets:
         found = verify_cached(name)
@@ -195,16 +200,18 @@ def log(name_or_file: str, plot_path: Optional[str], as_json: bool) -> None:
 
     NAME_OR_FILE is a cached artifact name (pulled if needed) or a .log.json file.
     """
-    from pathlib import Path
-
     from ..errors import BadInputError
+    from ..loading import resolve
     from ..tasks.logs import format_summary, parse_log, plot_log
 
-    path = Path(name_or_file)
-    if not path.exists():
+    source = resolve(name_or_file)  # a registry name wins over a local file of that name
+    if source.kind == "hf":
+        raise BadInputError(f"{name_or_file}: Hub repos carry no training log; give a registry name or a file")
+    path = source.path
+    if source.kind == "registry":
         from ..hub.pull import pull as pull_artifact
 
-        result = pull_artifact(name_or_file)
+        result = pull_artifact(source.name)
         log_file = result.manifest.get("log_file")
         if not log_file:
             raise BadInputError(f"{result.name} has no published training log")

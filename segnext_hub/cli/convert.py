@@ -38,6 +38,10 @@ def main(src: str, dst: str, from_layout: str, to: str, variant: str, num_classe
          seed: int, log_path: str, no_verify: bool, atol: float, force: bool, as_json: bool) -> None:
     """Convert SRC (official .pth, Jittor .pkl, MMSeg .pth or .safetensors) into DST.
 
+    SRC may also be a registry name (its cached model.safetensors, pulled if needed) or
+    hf://org/repo; a bare name is the registry's even where a file of that name exists
+    (write ./NAME for the file), see README "Names and paths".
+
     DST is .safetensors (with metadata) or .pth (an MMSeg-loadable checkpoint with
     dataset_meta). MD_R, the training seed and the classes/palette the checkpoint
     records about itself (mmcv meta / MMEngine meta and message_hub) are kept in the
@@ -54,8 +58,9 @@ def main(src: str, dst: str, from_layout: str, to: str, variant: str, num_classe
       segnext-convert model.safetensors official.pth --to official
     """
     from ..conversion.converter import convert
+    from ..loading import source_file
 
-    report = convert(src, dst, from_layout=from_layout, to=to, variant=variant, num_classes=num_classes,
+    report = convert(source_file(src), dst, from_layout=from_layout, to=to, variant=variant, num_classes=num_classes,
                      md_r=md_r, seed=seed, log=log_path, verify=not no_verify, atol=atol, force=force)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))

@@ -106,9 +106,11 @@ def _training_seed(model: object, name_or_path: str) -> tuple[Optional[int], str
     unknown = (None, "no training seed recorded; the NMF bases come from the unseeded global RNG")
     from ..hub.cache import artifact_dir
     from ..hub.pull import cached_manifest
+    from ..loading import resolve
 
     try:
-        manifest = cached_manifest(name_or_path)
+        source = resolve(name_or_path, note=False)  # load() applied the same rule and said so
+        manifest = cached_manifest(source.name) if source.kind == "registry" else None
     except Exception:  # noqa: BLE001 - not a registry name
         return unknown
     if not manifest or not manifest.get("log_file"):
@@ -116,7 +118,7 @@ def _training_seed(model: object, name_or_path: str) -> tuple[Optional[int], str
     from ..conversion.record import record_from_log
 
     try:
-        record = record_from_log(artifact_dir(name_or_path) / manifest["log_file"])
+        record = record_from_log(artifact_dir(source.name) / manifest["log_file"])
     except Exception:  # noqa: BLE001 - an unreadable log only loses the default
         return unknown
     return (record.seed, f"training seed, {record.seed_source}") if record.seed is not None else unknown

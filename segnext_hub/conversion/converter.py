@@ -14,6 +14,7 @@ from .._version import __version__
 from ..datasets import label_space, own_label_space
 from ..errors import BadInputError, VerificationError
 from ..fileio import check_destination as check_writable
+from ..fileio import require_free_space
 from .detect import Detection, detect
 from .keymap import KeyMap, MappingResult, find_state_dict, load_key_map
 from .reading import Checkpoint, read_checkpoint
@@ -305,6 +306,10 @@ def convert(
     dst = check_destination(dst, force)
     log_record = record_from_log(log) if log is not None else None
     checkpoint = read_checkpoint(src)
+    # Before the (long) verification, not after it: the output holds these tensors again.
+    state, _ = find_state_dict(checkpoint.obj, load_key_map("mmseg").unwrap)
+    require_free_space(dst.parent, sum(t.numel() * t.element_size() for t in state.values()
+                                       if isinstance(t, torch.Tensor)), dst)
     conv = convert_checkpoint(checkpoint, from_layout=from_layout, to=to, variant=variant,
                               num_classes=num_classes, md_r=md_r, seed=seed, log=log_record,
                               verify=verify, atol=atol)

@@ -42,7 +42,7 @@ def write_safetensors(
     total = sum(tensor.numel() * tensor.element_size() for _, _, tensor in entries)
     digest = StreamingSha256(background=total >= THREADED_HASH_MIN)
     try:
-        with atomic_writer(path, force=force) as handle:
+        with atomic_writer(path, force=force, expected_size=len(header) + total) as handle:
             for chunk in _safetensors_chunks(header, entries):
                 digest.update(chunk)  # views of the tensors, alive in ``entries`` until the end
                 handle.write(chunk)

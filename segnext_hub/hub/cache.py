@@ -19,19 +19,21 @@ import re
 import shutil
 import types
 import uuid
-import warnings
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from ..errors import BadInputError
-from ..fileio import atomic_writer
+import filelock
 
-try:  # POSIX only; without it locks are no-ops (see file_lock)
+from ..errors import BadInputError, SegnextHubError
+from ..fileio import atomic_writer, file_mode, make_dirs
+
+try:  # POSIX: shared (reader) locks; elsewhere readers take the exclusive lock (see use_lock)
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 MANIFEST = "manifest.json"
+LOCKS = ".locks"  # <root>/.locks/<name>.pull.lock and <name>.use.lock: never moved or deleted
 _TRUTHY = {"1", "true", "yes", "on"}
 # Registry names are short slugs; anything else could escape the cache or clash with
 # the hidden ".trash-*" folders that remove_artifact uses.
@@ -108,6 +110,16 @@ def cache_root() -> Path:
     return _env_path("SEGNEXT_HUB_CACHE") or hf_assets_cache() / "segnext_hub"
 
 
+def checked_root() -> Path:
+    """The cache root, refusing a path that exists but is not a folder (one line, not
+    NotADirectoryError from deep inside a pull)."""
+    root = cache_root()
+    if root.exists() and not root.is_dir():
+        raise BadInputError(f"the cache path {root} is a file, not a folder; point SEGNEXT_HUB_CACHE "
+                            "at a folder (or remove the file)")
+    return root
+
+
 def validate_name(name: str) -> str:
     """Reject names that could point outside the cache (``..``, separators, NUL)."""
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
@@ -120,7 +132,7 @@ def validate_name(name: str) -> str:
 
 def artifact_dir(name: str) -> Path:
     """The folder for one artifact; not created here, so that lookups never write."""
-    return cache_root() / validate_name(name)
+    return checked_root() / validate_name(name)
 
 
 def is_offline() -> bool:
@@ -146,25 +158,42 @@ def manifest_path(name: str) -> Path:
     return artifact_dir(name) / MANIFEST
 
 
-def read_manifest(name: str) -> Optional[dict]:
-    """The artifact's manifest, or None when it is not (completely) cached.
+class DamagedEntryError(SegnextHubError):
+    """A cached artifact's files are not what its manifest records (or the manifest itself
+    is unreadable). The message names the artifact, what is wrong and the command that
+    repairs it. Exit 1, like any failed verification."""
 
-    Manifests are only ever replaced atomically, so an unreadable one was edited by hand;
-    treating it as absent makes the next pull repair it instead of failing forever.
+    exit_code = 1
+
+
+def damaged(name: str, problem: str, *, force: bool = False) -> DamagedEntryError:
+    """The one wording for damage: artifact, problem, repair command."""
+    command = f"segnext-hub pull {'--force ' if force else ''}{name}"
+    return DamagedEntryError(f"{name}: the cached copy is damaged: {problem}; repair it with: {command}")
+
+
+def read_manifest(name: str) -> Optional[dict]:
+    """The artifact's manifest; None when there is none (not cached or an unfinished pull).
+
+    Manifests are only ever replaced atomically, so an unreadable one was damaged on disk or
+    edited by hand: :class:`DamagedEntryError`, which ``pull`` repairs, instead of a warning.
     """
     path = manifest_path(name)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
+    except PermissionError:
+        raise BadInputError(f"cannot read {path}: permission denied (the cache was written by another "
+                            "user without a shared umask; see README 'Cache layout')") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise damaged(name, f"{MANIFEST} cannot be read ({getattr(err, 'strerror', None) or err})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        warnings.warn(f"ignoring unreadable cache manifest {path}: {err}", stacklevel=2)
-        return None
+        raise damaged(name, f"{MANIFEST} is not valid JSON ({err.msg}, line {err.lineno})") from None
     if not isinstance(data, dict):
-        warnings.warn(f"ignoring cache manifest {path}: not a JSON object", stacklevel=2)
-        return None
+        raise damaged(name, f"{MANIFEST} does not hold a JSON object")
     return data
 
 
@@ -177,8 +206,7 @@ def write_manifest(name: str, data: dict) -> None:
     if not isinstance(data, dict):
         raise TypeError("manifest data must be a dict")
     text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    folder = artifact_dir(name)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_dirs(artifact_dir(name))
     with atomic_writer(folder / MANIFEST, force=True) as handle:
         handle.write(text.encode("utf-8"))
 
@@ -186,47 +214,81 @@ def write_manifest(name: str, data: dict) -> None:
 def remove_artifact(name: str) -> bool:
     """Delete an artifact's folder; False when there was nothing to delete.
 
-    Waits for a pull holding :func:`artifact_lock`, then renames the folder to a hidden
-    sibling so that a concurrent reader sees either the whole artifact or none of it, never
-    a manifest whose files are half deleted.
+    Waits for a pull in progress (:func:`artifact_lock`) and for every load reading the
+    artifact (:func:`use_lock`, shared), then renames the folder to a hidden sibling under
+    the exclusive use lock, so that a load sees either the whole artifact or none of it.
+    The rename's trash (and any a killed ``rm`` left) is deleted after the locks are gone.
     """
     folder = artifact_dir(name)
     if not folder.is_dir():
         return False
     trash = folder.with_name(f".trash-{name}-{uuid.uuid4().hex[:8]}")
-    try:
-        with file_lock(folder / ".lock"):  # let a pull in progress finish first
+    with artifact_lock(name, create=False), use_lock(name, shared=False):
+        try:
             os.replace(folder, trash)
-    except FileNotFoundError:  # another process removed it first
-        return False
-    shutil.rmtree(trash, ignore_errors=True)
+        except FileNotFoundError:  # another process removed it first
+            return False
+    for leftover in [trash, *folder.parent.glob(f".trash-{name}-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
     return True
+
+
+def lock_path(name: str, kind: str) -> Path:
+    """``<root>/.locks/<name>.<kind>.lock``: outside the artifact folder, so that removing
+    or renaming the folder never moves a lock someone is waiting on."""
+    return make_dirs(checked_root() / LOCKS) / f"{validate_name(name)}.{kind}.lock"
 
 
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path`` (created if needed) for the block.
+    """Hold an exclusive lock on ``path`` (created if needed) for the block, on every OS.
 
-    flock locks belong to the open file, so the kernel releases them when a holder dies,
-    even by SIGKILL: a crashed pull never blocks the next one. The lock file itself stays;
-    deleting it would let two processes lock two different inodes.
+    ``filelock`` locks the open file (flock on POSIX, LockFileEx on Windows), so the OS
+    releases it when a holder dies, even by SIGKILL: a crashed pull never blocks the next.
+    The lock file is created with the umask's mode (given explicitly: older filelock
+    versions chmod to 0644 otherwise), so a second user of a group-shared cache can lock it.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    make_dirs(path.parent)
+    lock = filelock.FileLock(str(path), mode=file_mode())
+    with lock:
+        yield
+
+
+@contextlib.contextmanager
+def use_lock(name: str, *, shared: bool = True) -> Iterator[None]:
+    """Readers (loads, verify) share this lock; ``rm`` and the install step of a pull take it
+    exclusively, so nothing is removed or replaced while a process reads it.
+
+    POSIX: ``flock`` LOCK_SH / LOCK_EX on ``<root>/.locks/<name>.use.lock`` (a reader that
+    may not write the lock file opens it read-only: flock needs no write access). Without
+    fcntl (Windows) readers take the same exclusive ``filelock`` as writers: loads of one
+    artifact then run one at a time, which is slower but just as safe.
+    """
+    path = lock_path(name, "use")
+    if fcntl is None:  # pragma: no cover - Windows
+        with file_lock(path):
+            yield
+        return
     try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as err:
+            raise BadInputError(f"cannot open the lock {path}: {err.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing drops the flock
 
 
 @contextlib.contextmanager
-def artifact_lock(name: str) -> Iterator[Path]:
+def artifact_lock(name: str, *, create: bool = True) -> Iterator[Path]:
     """Serialise whole pulls of one artifact (download + convert + manifest) across
-    processes; yields the artifact folder, created."""
+    processes; yields the artifact folder (created unless ``create`` is False)."""
     folder = artifact_dir(name)
-    folder.mkdir(parents=True, exist_ok=True)
-    with file_lock(folder / ".lock"):
+    with file_lock(lock_path(name, "pull")):
+        if create:
+            make_dirs(folder)
         yield folder
-

@@ -66,7 +66,22 @@ def parse_repo_spec(spec: str) -> tuple[str, Optional[str]]:
     check_repo_id(repo_id)
     if "@" in text and not revision.strip():
         raise BadInputError(f"hf://{text}: empty revision after '@'")
-    return repo_id, revision.strip() or None
+    return repo_id, check_revision(revision.strip(), text) if revision.strip() else None
+
+
+_REVISION_RE = re.compile(r"[A-Za-z0-9._/-]{1,255}")
+
+
+def check_revision(revision: str, spec: str) -> str:
+    """A branch, tag, ``refs/pr/N`` or commit hash, by git's ref rules (no ``..``, no empty
+    or hidden path component, no ``.lock`` ending): huggingface_hub uses the revision as a
+    folder name in its cache, so ``../../x`` must never reach it."""
+    parts = revision.split("/")
+    if (not _REVISION_RE.fullmatch(revision) or ".." in revision or revision.endswith(".lock")
+            or any(not part or part.startswith(".") for part in parts)):
+        raise BadInputError(f"hf://{spec}: invalid revision {revision!r}: expected a branch, tag or commit "
+                            "(letters, digits, . _ - /; no '..', no empty or hidden path part)")
+    return revision
 
 
 def check_repo_id(repo_id: str) -> str:

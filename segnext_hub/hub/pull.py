@@ -11,7 +11,10 @@ A cache folder holds, per artifact name::
 
 The manifest is written last, so a folder without one is an unfinished pull and is
 never trusted; a second pull of a complete folder touches no network -- nor torch:
-the converter is imported only when something is downloaded.
+the converter is imported only when something is downloaded. The manifest records the size
+and sha256 of every file it lists: sizes are re-checked on every use (a stat each), hashes
+by ``verify``; a damaged entry is reported with the command that repairs it, and ``pull``
+repairs it (keeping a downloaded file that is still intact).
 """
 
 from __future__ import annotations
@@ -28,18 +31,22 @@ from ..conversion.record import Record, record_from_log  # pure Python: no torch
 from ..errors import BadInputError, DownloadError, OfflineError, SegnextHubError
 from ..fileio import atomic_write_bytes, sha256_file
 from .cache import (
+    MANIFEST,
+    DamagedEntryError,
     artifact_dir,
     artifact_lock,
-    cache_root,
+    checked_root,
+    damaged,
     is_offline,
     offline_variable,
     read_manifest,
+    use_lock,
     write_manifest,
 )
 from .config import CONFIG_FILE, MODEL_FILE, make_config
 from .registry import Artifact, get_artifact
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: 'files' records size + sha256 of every file
 
 
 @dataclass
@@ -51,16 +58,100 @@ class PullResult:
     warnings: list[str]
 
 
+def file_records(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Relative path -> {"size", "sha256"} for every file the manifest vouches for.
+
+    Version-1 manifests (before sizes were recorded) yield the two hashes they kept, with
+    no size; their config.json and log are not covered until the next pull.
+    """
+    files = manifest.get("files")
+    if isinstance(files, dict):
+        return {rel: rec for rel, rec in files.items() if isinstance(rec, dict)}
+    legacy = {}
+    for rel_key, sha_key in (("raw_file", "raw_sha256"), ("model_file", "model_sha256")):
+        if manifest.get(rel_key):
+            legacy[manifest[rel_key]] = {"size": manifest.get("raw_size") if rel_key == "raw_file" else None,
+                                         "sha256": manifest.get(sha_key)}
+    return legacy
+
+
+def record_files(folder: Path, known: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Size + sha256 for each relative path; ``known`` supplies hashes computed while writing."""
+    records = {}
+    for rel, digest in known.items():
+        path = folder / rel
+        records[rel] = {"size": path.stat().st_size, "sha256": digest or sha256_file(path)}
+    return records
+
+
+def entry_problems(name: str, manifest: dict[str, Any], *, full: bool = False,
+                   only: Optional[tuple[str, ...]] = None) -> list[str]:
+    """What is wrong with a cached entry's files: missing, wrong size, or (``full``) wrong
+    sha256. ``only`` restricts the check to those relative paths (what a load reads)."""
+    folder = artifact_dir(name)
+    records = file_records(manifest)
+    for required in (MODEL_FILE, CONFIG_FILE):
+        records.setdefault(required, {"size": None, "sha256": None})
+    problems = []
+    for rel, rec in records.items():
+        if only is not None and rel not in only:
+            continue
+        path = folder / rel
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            problems.append(f"{rel} is missing")
+            continue
+        except OSError as err:
+            problems.append(f"{rel} cannot be read ({err.strerror})")
+            continue
+        if rec.get("size") is not None and size != rec["size"]:
+            problems.append(f"{rel} has {size} bytes, the manifest records {rec['size']}")
+        elif full and rec.get("sha256") and sha256_file(path) != rec["sha256"]:
+            problems.append(f"{rel} does not match its recorded sha256 (corrupted or modified)")
+    return problems
+
+
 def cached_manifest(name: str) -> Optional[dict[str, Any]]:
-    """The manifest of a complete pull, or None (absent, unfinished, or files missing)."""
+    """The manifest of a complete, undamaged pull; None when absent or unfinished.
+
+    Raises :class:`DamagedEntryError` (naming the file and the repair command) when the
+    manifest is unreadable or a file it lists is missing or has the wrong size.
+    """
     manifest = read_manifest(name)
     if not manifest or manifest.get("complete") is not True:
         return None
-    folder = artifact_dir(name)
-    if not (folder / MODEL_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
-        return None
+    problems = entry_problems(name, manifest)
+    if problems:
+        raise damaged(name, "; ".join(problems))
     return manifest
 
+
+def cache_state(name: str) -> tuple[str, Optional[dict[str, Any]], str]:
+    """("cached" | "not cached" | "damaged", manifest or None, problem) for list/info."""
+    try:
+        manifest = cached_manifest(name)
+    except DamagedEntryError as err:
+        return "damaged", None, str(err)
+    return ("cached" if manifest else "not cached"), manifest, ""
+
+
+def _prepare_repair(name: str, folder: Path) -> None:
+    """Before (re-)pulling: invalidate the entry and delete every recorded file that no
+    longer matches its size or sha256. An intact download stays, so a repair converts again
+    without network; files without a record are rewritten by the pull anyway."""
+    try:
+        manifest = read_manifest(name) or {}
+    except DamagedEntryError:
+        manifest = {}
+    (folder / MANIFEST).unlink(missing_ok=True)
+    for rel, rec in file_records(manifest).items():
+        path = folder / rel
+        if not path.is_file():
+            continue
+        if ((rec.get("size") is not None and path.stat().st_size != rec["size"])
+                or (rec.get("sha256") and sha256_file(path) != rec["sha256"])):
+            path.unlink()
 
 
 def _check_hash(art: Artifact, measured: str, strict: bool) -> tuple[str, Optional[str]]:
@@ -88,15 +179,32 @@ def pull(name: str, *, strict: bool = False, progress: Optional[bool] = None, fo
     checkpoint the registry describes (it is then deleted).
     """
     art = get_artifact(name)
-    if not force and (manifest := cached_manifest(art.name)) is not None:
+    if not force and (manifest := _usable(art.name)) is not None:
         return PullResult(art.name, artifact_dir(art.name), False, manifest, [])
-    if is_offline():
+    _refuse_offline(art)
+    with artifact_lock(art.name) as folder:
+        if not force and (manifest := _usable(art.name)) is not None:
+            return PullResult(art.name, folder, False, manifest, [])  # another process finished it
+        with use_lock(art.name, shared=False):  # no load reads the files while they change
+            _prepare_repair(art.name, folder)
+        _refuse_offline(art)
+        return _pull_locked(art, folder, strict=strict, progress=progress)
+
+
+def _refuse_offline(art: Artifact) -> None:
+    """Offline, a pull can only (re)convert a download that is already there."""
+    if is_offline() and not (artifact_dir(art.name) / "raw" / art.filename).is_file():
         raise OfflineError(f"{art.name} is not cached and {offline_variable()} is set; "
                            "pull it once while online")
-    with artifact_lock(art.name) as folder:
-        if not force and (manifest := cached_manifest(art.name)) is not None:
-            return PullResult(art.name, folder, False, manifest, [])  # another process finished it
-        return _pull_locked(art, folder, strict=strict, progress=progress)
+
+
+def _usable(name: str) -> Optional[dict[str, Any]]:
+    """The manifest when the entry is complete and undamaged; None means "pull it" (a
+    damaged entry is repaired by the pull, not reported)."""
+    try:
+        return cached_manifest(name)
+    except DamagedEntryError:
+        return None
 
 
 def _pull_locked(art: Artifact, folder: Path, *, strict: bool, progress: Optional[bool]) -> PullResult:
@@ -108,9 +216,6 @@ def _pull_locked(art: Artifact, folder: Path, *, strict: bool, progress: Optiona
     from .download import download
 
     started = time.time()
-    manifest_file = folder / "manifest.json"
-    if manifest_file.exists():
-        manifest_file.unlink()  # a re-pull invalidates the old state until it completes
     raw = folder / "raw" / art.filename
     raw.parent.mkdir(parents=True, exist_ok=True)
     result = download(art.url, raw, expected_sha256=art.sha256, progress=progress, desc=art.name)
@@ -143,6 +248,8 @@ def _pull_locked(art: Artifact, folder: Path, *, strict: bool, progress: Optiona
     detection = conversion.detection.to_dict()
     config = make_config(detection, name=art.name, artifact=art, record=conversion.report.record)
     atomic_write_bytes(folder / CONFIG_FILE, json.dumps(config, indent=2).encode(), force=True)
+    files = record_files(folder, {f"raw/{art.filename}": result.sha256, MODEL_FILE: model_sha, CONFIG_FILE: "",
+                                  **({log_file: ""} if log_file else {})})
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "complete": True,
@@ -161,6 +268,7 @@ def _pull_locked(art: Artifact, folder: Path, *, strict: bool, progress: Optiona
         "log_error": log_error,
         "record": conversion.report.record,
         "record_disagreements": disagreements,
+        "files": files,
         "conversion": conversion.report.to_dict(),
         "pulled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "segnext_hub_version": __version__,
@@ -204,26 +312,24 @@ def _log_record(folder: Path, log_file: Optional[str],
 
 
 def verify_cached(name: str) -> list[str]:
-    """Re-hash a cached artifact's files against its manifest; returns the problems."""
-    manifest = read_manifest(name)
-    if not manifest or not manifest.get("complete"):
-        return [f"{name}: not cached (or the pull did not finish)"]
-    folder = artifact_dir(name)
-    problems = []
-    for rel, key in ((manifest.get("raw_file"), "raw_sha256"), (manifest.get("model_file"), "model_sha256")):
-        if not rel:
-            continue
-        path = folder / rel
-        if not path.is_file():
-            problems.append(f"{name}: {rel} is missing")
-        elif sha256_file(path) != manifest.get(key):
-            problems.append(f"{name}: {rel} does not match its recorded sha256 (corrupted or modified)")
-    return problems
+    """Re-hash every file the manifest lists; returns the problems, each one line naming
+    the artifact, the file and the repair command (empty: intact). Holds the shared use
+    lock, so a concurrent ``rm`` waits instead of showing up as missing files."""
+    with use_lock(name):
+        try:
+            manifest = read_manifest(name)
+        except DamagedEntryError as err:
+            return [str(err)]
+        if not manifest or manifest.get("complete") is not True:
+            return [f"{name}: not cached (or the pull did not finish); run: segnext-hub pull {name}"]
+        return [str(damaged(name, problem, force=True)) for problem in entry_problems(name, manifest, full=True)]
 
 
 def cached_names() -> list[str]:
-    root = cache_root()
+    """Names with a manifest in the cache (complete or damaged; a folder without one is an
+    unfinished pull). Hidden folders (locks, an ``rm`` in progress) are not artifacts."""
+    root = checked_root()
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and cached_manifest(p.name))
-
+    return sorted(p.name for p in root.iterdir()
+                  if not p.name.startswith(".") and (p / MANIFEST).is_file())

@@ -151,10 +151,64 @@ def _load_packaged() -> Mapping[str, Artifact]:
     return _build(_parse_yaml(text, origin), origin)
 
 
+@dataclass(frozen=True)
+class AliasRules:
+    """The registry's ``aliases`` section: how other spellings map onto entries."""
+
+    model: frozenset
+    words: Mapping[str, str]
+    ignore: "re.Pattern[str]"
+    default_source: str
+
+
+@functools.lru_cache(maxsize=1)
+def _alias_rules() -> Optional[AliasRules]:
+    text, origin = _packaged_text()
+    raw = _parse_yaml(text, origin).get("aliases")
+    if raw is None:
+        return None
+    try:
+        return AliasRules(frozenset(raw["model"]), types.MappingProxyType(dict(raw["words"])),
+                          re.compile("|".join(f"(?:{p})" for p in raw["ignore"])), str(raw["default_source"]))
+    except (KeyError, TypeError, re.error) as err:
+        raise BadInputError(f"registry {origin}: malformed 'aliases' section ({err})") from None
+
+
+def alias_candidates(name: str, registry: Mapping[str, Artifact]) -> list[Artifact]:
+    """The entries another spelling may mean (``SegNeXt-B``, ``segnext_tiny_512x512_ade_160k``),
+    by the rules documented in registry.yaml's ``aliases`` section: one entry when it is
+    unambiguous, several when it names a dataset that several sources publish, none when it
+    does not parse."""
+    rules = _alias_rules()
+    if rules is None:
+        return []
+    words = [w for w in re.split(r"[-_.\s]+", name.strip().lower()) if w]
+    if not any(w in rules.model for w in words):
+        return []
+    found: dict[str, set] = {"variant": set(), "dataset": set(), "source": set()}
+    for word in words:
+        if word in rules.model or rules.ignore.fullmatch(word):
+            continue
+        canonical = rules.words.get(word)
+        if canonical is None:
+            return []  # an unknown word: a typo or another model, not something to guess
+        kind = "variant" if canonical in VARIANTS else "dataset" if canonical in DATASETS else "source"
+        found[kind].add(canonical)
+    if len(found["variant"]) != 1 or len(found["dataset"]) > 1 or len(found["source"]) > 1:
+        return []
+    variant = next(iter(found["variant"]))
+    dataset = next(iter(found["dataset"]), "ade20k")
+    sources = found["source"] or ({rules.default_source} if not found["dataset"] else set(LAYOUTS))
+    return [art for art in registry.values()
+            if art.variant == variant and art.dataset == dataset and art.layout in sources]
+
+
 def _build(document: Any, origin: str) -> Mapping[str, Artifact]:
-    if not isinstance(document, dict) or set(document) != {"schema_version", "artifacts"}:
+    if not isinstance(document, dict) or not {"schema_version", "artifacts"} <= set(document) \
+            or not set(document) <= {"schema_version", "artifacts", "aliases"}:
         raise BadInputError(
-            f"registry {origin}: expected a mapping with exactly 'schema_version' and 'artifacts'"
+            f"registry {origin}: expected a mapping with exactly 'schema_version' and 'artifacts' "
+            "(and optionally 'aliases')"
         )
     if document["schema_version"] != SCHEMA_VERSION:
         raise BadInputError(
@@ -338,7 +392,8 @@ def _normalise_name(name: str) -> str:
 
 
 def get_artifact(name: str) -> Artifact:
-    """Resolve a registry name (case and ``_``/``-`` insensitive).
+    """Resolve a registry name (case and ``_``/``-`` insensitive) or an alias (the paper's,
+    the official repo's and MMSeg's spellings, see :func:`resolve_alias`).
 
     Unknown names raise :class:`BadInputError` with up to three close matches, since
     most misses are a missing suffix (``mscan-t-ade20k`` for ``...-official``).
@@ -349,7 +404,17 @@ def get_artifact(name: str) -> Artifact:
     key = _normalise_name(name)
     if key in registry:
         return registry[key]
-    suggestions = difflib.get_close_matches(key, list(registry), n=3, cutoff=0.6)
+    candidates = alias_candidates(name, registry)
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        raise BadInputError(f"{name.strip()!r} is ambiguous: did you mean "
+                            f"{', '.join(art.name for art in candidates)}?")
+    rules = _alias_rules()
+    spelled = key
+    for word in sorted(rules.model if rules else ()):  # segnext-xl -> mscan-xl, then compare
+        spelled = re.sub(rf"(^|-){re.escape(word)}(-|$)", r"\1mscan\2", spelled)
+    suggestions = difflib.get_close_matches(spelled, list(registry), n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(suggestions)}?" if suggestions else "no close match"
     raise BadInputError(
         f"unknown artifact {name.strip()!r}: {hint} (`segnext-hub list` shows all {len(registry)} names)"

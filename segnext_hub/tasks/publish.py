@@ -21,6 +21,7 @@ from .._version import __version__
 from ..conversion.converter import convert_checkpoint, write_output
 from ..conversion.reading import read_checkpoint
 from ..errors import BadInputError, OfflineError
+from ..fileio import make_temp_dir
 from ..hub.config import (
     CARD_FILE,
     CONFIG_FILE,
@@ -181,7 +182,7 @@ def export_folder(name_or_path: Union[str, PathLike], out_dir: PathLike, *, forc
     _check_out_dir(out, force)
     if repo_id is not None:
         check_repo_id(repo_id)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    staging = make_temp_dir(out.parent, f".{out.name}.")  # umask's mode: mkdtemp would make it 0700
     try:
         staged = _stage(name_or_path, staging)
         if not staged.card_given:

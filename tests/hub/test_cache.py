@@ -224,14 +224,25 @@ def test_readers_never_see_a_half_written_manifest(root):
     assert errors == [] and len(seen) > 1
 
 
-def test_hand_edited_manifest_counts_as_not_cached(root):
+def test_hand_edited_manifest_is_damage_named_with_the_repair_command(root):
     (root / "a").mkdir(parents=True)
     (root / "a/manifest.json").write_text("{ not json")
-    with pytest.warns(UserWarning, match="unreadable"):
-        assert cache.read_manifest("a") is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one error, not a two-line Python warning
+        with pytest.raises(cache.DamagedEntryError) as err:
+            cache.read_manifest("a")
+    assert "a: the cached copy is damaged: manifest.json is not valid JSON" in str(err.value)
+    assert str(err.value).endswith("repair it with: segnext-hub pull a") and "\n" not in str(err.value)
     (root / "a/manifest.json").write_text("[1, 2]")
-    with pytest.warns(UserWarning, match="not a JSON object"):
-        assert cache.read_manifest("a") is None
+    with pytest.raises(cache.DamagedEntryError, match="not hold a JSON object"):
+        cache.read_manifest("a")
+
+
+def test_cache_path_that_is_a_file_is_one_clear_error(monkeypatch, tmp_path):
+    (tmp_path / "f").write_text("x")
+    monkeypatch.setenv("SEGNEXT_HUB_CACHE", str(tmp_path / "f"))
+    with pytest.raises(BadInputError, match="is a file, not a folder; point SEGNEXT_HUB_CACHE"):
+        cache.artifact_dir("mscan-t")
 
 
 def test_remove_artifact(root):
@@ -240,7 +251,7 @@ def test_remove_artifact(root):
     (root / "mscan-t/model.safetensors").write_bytes(b"x" * 1000)
     cache.write_manifest("mscan-s", {"v": 1})
     assert cache.remove_artifact("mscan-t") is True
-    assert sorted(p.name for p in root.iterdir()) == ["mscan-s"]  # no trash left behind
+    assert sorted(p.name for p in root.iterdir()) == [".locks", "mscan-s"]  # no trash left behind
     assert cache.read_manifest("mscan-t") is None and cache.read_manifest("mscan-s") == {"v": 1}
     assert cache.remove_artifact("mscan-t") is False
 
@@ -263,8 +274,23 @@ def _try_lock(path: Path) -> bool:
 def test_artifact_lock_excludes_others_until_released(root):
     with cache.artifact_lock("mscan-t") as folder:
         assert folder == root / "mscan-t" and folder.is_dir()
-        assert _try_lock(folder / ".lock") is False
-    assert _try_lock(root / "mscan-t/.lock") is True
+        assert _try_lock(root / ".locks/mscan-t.pull.lock") is False
+    assert _try_lock(root / ".locks/mscan-t.pull.lock") is True
+
+
+def test_use_lock_is_shared_between_readers_and_excludes_rm(root):
+    """Evidence: real flock calls on the lock file from independent opens."""
+    path = root / ".locks/mscan-t.use.lock"
+    with cache.use_lock("mscan-t"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a second reader gets in
+        finally:
+            os.close(fd)
+        assert _try_lock(path) is False  # a remover does not
+    with cache.use_lock("mscan-t", shared=False):
+        assert _try_lock(path) is False
+    assert _try_lock(path) is True
 
 
 def test_file_lock_waits_for_the_holder(tmp_path):
@@ -316,4 +342,4 @@ def test_remove_waits_for_a_pull_holding_the_artifact_lock(root):
     for thread in (puller, remover):
         thread.join(timeout=5)
     assert events == ["pull done", ("removed", True)]
-    assert not (root / "mscan-t").exists() and list(root.iterdir()) == []
+    assert not (root / "mscan-t").exists() and [p.name for p in root.iterdir()] == [".locks"]
