@@ -343,3 +343,104 @@ def test_remove_waits_for_a_pull_holding_the_artifact_lock(root):
         thread.join(timeout=5)
     assert events == ["pull done", ("removed", True)]
     assert not (root / "mscan-t").exists() and [p.name for p in root.iterdir()] == [".locks"]
+
+
+# -- damage: reported with the file and the repair command, repaired by pull --------------
+# Evidence: real pulls from a loopback mirror, files damaged on disk, commands run through
+# click's runner (same code path as the console script).
+
+
+def _cli(*args: str):
+    from click.testing import CliRunner
+
+    from segnext_hub.cli.hub import main
+
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_truncated_weights_are_named_by_load_info_list_and_repaired_by_pull(mirror):
+    import segnext_hub
+    from segnext_hub.hub.pull import cached_manifest
+
+    art = mirror.serve("mscan-t")
+    folder = segnext_hub.pull("mscan-t", progress=False).path
+    manifest = cached_manifest("mscan-t")
+    assert set(manifest["files"]) == {f"raw/{art.filename}", "model.safetensors", "config.json",
+                                      manifest["log_file"]}
+    assert all(set(rec) == {"size", "sha256"} for rec in manifest["files"].values())
+    size = (folder / "model.safetensors").stat().st_size
+    with open(folder / "model.safetensors", "r+b") as handle:
+        handle.truncate(1000)
+    with pytest.raises(cache.DamagedEntryError) as err:
+        segnext_hub.load("mscan-t")
+    assert str(err.value) == (f"mscan-t: the cached copy is damaged: model.safetensors has 1000 bytes, the "
+                              f"manifest records {size}; repair it with: segnext-hub pull mscan-t")
+    code, out, _ = _cli("info", "mscan-t")
+    assert code == 0 and "DAMAGED: mscan-t: the cached copy is damaged: model.safetensors" in out
+    code, out, _ = _cli("list", "--cached")
+    assert code == 0 and "DAMAGED" in out
+    code, out, err_text = _cli("predict", "mscan-t", "x.jpg", "-o", str(folder.parent / "out"))
+    assert code == 1 and err_text.count("\n") == 1 and "repair it with: segnext-hub pull mscan-t" in err_text
+    gets = mirror.gets(art.url)
+    code, out, _ = _cli("pull", "-q", "mscan-t")
+    assert code == 0 and mirror.gets(art.url) == gets  # the intact download was kept
+    assert (folder / "model.safetensors").stat().st_size == size
+    assert _cli("verify", "mscan-t")[:2] == (0, "mscan-t: OK\n")
+    segnext_hub.load("mscan-t")
+
+
+def test_corrupt_config_fails_verify_and_load_and_pull_force_repairs(mirror):
+    import segnext_hub
+
+    mirror.serve("mscan-t")
+    folder = segnext_hub.pull("mscan-t", progress=False).path
+    config = folder / "config.json"
+    config.write_bytes(b"{" + b"x" * (config.stat().st_size - 1))  # same size: only the hash tells
+    code, out, err = _cli("verify", "mscan-t")
+    assert code == 1 and "mscan-t: FAILED" in out
+    assert err.strip() == ("error: mscan-t: the cached copy is damaged: config.json does not match its recorded "
+                           "sha256 (corrupted or modified); repair it with: segnext-hub pull --force mscan-t")
+    with pytest.raises(cache.DamagedEntryError, match=r"config.json is not valid JSON.*pull --force mscan-t"):
+        segnext_hub.load("mscan-t")
+    assert _cli("pull", "-q", "--force", "mscan-t")[0] == 0
+    assert _cli("verify", "mscan-t")[0] == 0
+
+
+def test_flipped_byte_in_the_download_is_found_by_verify_and_downloaded_again(mirror):
+    import segnext_hub
+
+    art = mirror.serve("mscan-t")
+    folder = segnext_hub.pull("mscan-t", progress=False).path
+    raw = folder / "raw" / art.filename
+    data = bytearray(raw.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    raw.write_bytes(bytes(data))
+    code, _, err = _cli("verify")
+    assert code == 1 and f"raw/{art.filename} does not match its recorded sha256" in err
+    gets = mirror.gets(art.url)
+    assert _cli("pull", "-q", "--force", "mscan-t")[0] == 0
+    assert mirror.gets(art.url) == gets + 1 and _cli("verify")[0] == 0
+
+
+def test_corrupt_manifest_is_named_and_pull_repairs_it(mirror):
+    import segnext_hub
+
+    mirror.serve("mscan-t")
+    folder = segnext_hub.pull("mscan-t", progress=False).path
+    (folder / "manifest.json").write_text('{"complete": tru')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        code, _, err = _cli("predict", "mscan-t", "x.jpg", "-o", str(folder.parent / "out"))
+    assert code == 1 and err == ("error: mscan-t: the cached copy is damaged: manifest.json is not valid JSON "
+                                 "(Expecting value, line 1); repair it with: segnext-hub pull mscan-t\n")
+    assert _cli("verify", "mscan-t")[0] == 1
+    assert _cli("pull", "-q", "mscan-t")[0] == 0 and _cli("verify", "mscan-t")[0] == 0
+
+
+def test_a_cache_path_that_is_a_file_fails_every_command_in_one_line(monkeypatch, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("SEGNEXT_HUB_CACHE", str(tmp_path / "file"))
+    for args in (["verify"], ["pull", "mscan-t"], ["list", "--cached"], ["rm", "mscan-t"], ["info", "mscan-t"]):
+        code, _, err = _cli(*args)
+        assert code == 2 and err.count("\n") == 1 and "is a file, not a folder" in err, (args, err)

@@ -1,0 +1,183 @@
+"""A cache shared by several users and processes: file modes, a real second user, and loads
+racing ``rm``/``pull``.
+
+Evidence: real processes only. The second user is a child process that switches to uid/gid
+65534 (``subprocess``'s ``user=``/``group=``, so the kernel enforces the permissions); the
+races run five interpreters against one cache, fed by a loopback mirror on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from segnext_hub.hub import cache
+
+REPO = Path(__file__).resolve().parents[2]
+NOBODY = 65534
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _python(code: str, env: dict, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=600, **kwargs)
+
+
+def test_files_dirs_and_locks_follow_the_umask(mirror):
+    """umask 002: group-writable (0664 files, 0775 folders); umask 022: 0644 / 0755."""
+    mirror.serve("mscan-t")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    code = "import segnext_hub; segnext_hub.pull('mscan-t', progress=False)"
+    for umask, file_bits, dir_bits in ((0o002, 0o664, 0o775), (0o022, 0o644, 0o755)):
+        root = cache.cache_root()
+        shutil.rmtree(root, ignore_errors=True)
+        done = _python(code, env, umask=umask)
+        assert done.returncode == 0, done.stderr[-800:]
+        folder = root / "mscan-t"
+        for name in ("model.safetensors", "config.json", "manifest.json"):
+            assert _mode(folder / name) == file_bits, (oct(umask), name, oct(_mode(folder / name)))
+        raw = next((folder / "raw").glob("*.pth"))
+        assert _mode(raw) == file_bits
+        for lock in (root / ".locks").iterdir():
+            assert _mode(lock) == file_bits, lock
+        for sub in (root, folder, folder / "raw", root / ".locks"):
+            assert _mode(sub) == dir_bits, sub
+
+
+# The child imports as root (this interpreter lives under /root, which uid 65534 may not
+# read), then drops to uid/gid 65534 for good: every cache access after that line is
+# checked by the kernel against the second user's permissions.
+AS_SECOND_USER = """
+import json, os, sys
+import segnext_hub, segnext_hub.loading, segnext_hub.hub.pull, segnext_hub.hub.download
+import segnext_hub.conversion.converter, segnext_hub.conversion.verify, tqdm, requests
+from segnext_hub.hub.pull import verify_cached
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
+os.umask(0o002)
+out = {"uid": os.getuid()}
+for step in sys.argv[1:]:
+    if step == "load":
+        out["loaded"] = type(segnext_hub.load("mscan-t")).__name__
+    elif step == "verify":
+        out["verify"] = verify_cached("mscan-t")
+    elif step == "pull-other":
+        out["pulled"] = str(segnext_hub.pull("mscan-t-in1k", progress=False).path)
+    elif step == "repair":
+        out["repaired"] = segnext_hub.pull("mscan-t", progress=False).downloaded
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="a real second user needs root to switch the child to uid 65534")
+def test_a_second_user_loads_verifies_pulls_and_repairs_in_a_group_shared_cache(mirror):
+    """User A (root, umask 002) fills a setgid group folder; user B (uid/gid 65534, umask
+    002) loads A's artifact, verifies it, pulls another one and repairs A's damaged file.
+    With 0600 files (mkstemp's mode) B's first load fails with PermissionError."""
+    mirror.serve("mscan-t")
+    mirror.serve("mscan-t-in1k")
+    shared = Path(tempfile.mkdtemp(prefix="segnext-shared-", dir="/tmp"))
+    try:
+        os.chmod(shared, 0o755)
+        group = shared / "team"
+        group.mkdir()
+        os.chown(group, 0, NOBODY)
+        os.chmod(group, 0o2775)  # group-owned, setgid: new entries inherit the group
+        home = shared / "home-b"
+        home.mkdir()
+        os.chown(home, NOBODY, NOBODY)
+        env = dict(os.environ, SEGNEXT_HUB_CACHE=str(group / "cache"), OMP_NUM_THREADS="1",
+                   HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), HF_HOME=str(home / "hf"))
+        first = _python("import segnext_hub; segnext_hub.pull('mscan-t', progress=False)", env, umask=0o002)
+        assert first.returncode == 0, first.stderr[-800:]
+        model = group / "cache/mscan-t/model.safetensors"
+        assert model.stat().st_uid == 0 and model.stat().st_gid == NOBODY and _mode(model) == 0o664
+
+        second = subprocess.run([sys.executable, "-c", AS_SECOND_USER, "load", "verify", "pull-other"], env=env,
+                                cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert second.returncode == 0, second.stderr[-800:]
+        out = json.loads(second.stdout.strip().splitlines()[-1])
+        assert out == {"uid": NOBODY, "loaded": "SegNeXt", "verify": [],
+                       "pulled": str(group / "cache/mscan-t-in1k")}
+        b_model = group / "cache/mscan-t-in1k/model.safetensors"
+        assert b_model.stat().st_uid == NOBODY and _mode(b_model) == 0o664
+
+        # A's file is damaged; B repairs it with a plain pull (the folder is group-writable).
+        with open(model, "r+b") as handle:
+            handle.truncate(1000)
+        repair = subprocess.run([sys.executable, "-c", AS_SECOND_USER, "repair", "load"], env=env, cwd=REPO,
+                                capture_output=True, text=True, timeout=600)
+        assert repair.returncode == 0, repair.stderr[-800:]
+        assert json.loads(repair.stdout.strip().splitlines()[-1])["loaded"] == "SegNeXt"
+        assert model.stat().st_uid == NOBODY and model.stat().st_size > 1000
+        check = _python("from segnext_hub.hub.pull import verify_cached; print(verify_cached('mscan-t'))", env)
+        assert check.stdout.strip() == "[]", check.stderr[-500:]
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+LOADER = """
+import json, sys
+import segnext_hub
+from segnext_hub.errors import SegnextHubError
+for _ in range(int(sys.argv[1])):
+    try:
+        segnext_hub.load("mscan-t")
+        print(json.dumps(["ok", ""]), flush=True)
+    except SegnextHubError as err:
+        print(json.dumps(["error", str(err)]), flush=True)
+    except BaseException as err:  # a raw error: what this test exists to catch
+        print(json.dumps(["raw", f"{type(err).__name__}: {err}"]), flush=True)
+"""
+
+REMOVER = """
+import os, sys, time
+from segnext_hub.hub.cache import remove_artifact
+removed = 0
+while not os.path.exists(sys.argv[1]):
+    removed += remove_artifact("mscan-t")  # waits for a pull in progress, then strikes at once
+    time.sleep(0.2)
+print(removed)
+"""
+
+
+def test_loads_racing_rm_never_fail_with_a_raw_error(mirror, tmp_path):
+    """4 loader processes in a loop while a fifth keeps removing the same artifact (each
+    loader pulls it back when it is gone): every load succeeds or says, in one line, that
+    the artifact was removed meanwhile. Without the shared lock, loads failed with
+    FileNotFoundError and "has no model.safetensors" between the pull and the read."""
+    mirror.serve("mscan-t")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = _python("import segnext_hub; segnext_hub.pull('mscan-t', progress=False)", env)
+    assert first.returncode == 0, first.stderr[-800:]
+    popen = dict(env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stop = tmp_path / "stop"
+    remover = subprocess.Popen([sys.executable, "-c", REMOVER, str(stop)], **popen)
+    loaders = [subprocess.Popen([sys.executable, "-c", LOADER, "8"], **popen) for _ in range(4)]
+    outputs = [p.communicate(timeout=900) for p in loaders]
+    stop.touch()
+    removed_out, removed_err = remover.communicate(timeout=900)
+    assert remover.returncode == 0, removed_err[-800:]
+    results = []
+    for proc, (out, err) in zip(loaders, outputs):
+        assert proc.returncode == 0, err[-800:]
+        results += [json.loads(line) for line in out.splitlines() if line.startswith("[")]
+    assert len(results) == 32
+    raw = [message for kind, message in results if kind == "raw"]
+    errors = {message for kind, message in results if kind == "error"}
+    assert raw == [] and errors <= {"mscan-t was removed while loading; pull it again (segnext-hub pull mscan-t)"}, \
+        (raw, errors)
+    assert int(removed_out) >= 3 and sum(kind == "ok" for kind, _ in results) >= 4, (removed_out, results)
