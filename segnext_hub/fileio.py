@@ -133,36 +133,46 @@ def _unlocked(path: Path) -> bool:
         os.close(fd)
 
 
-def clean_stale_temps(target: Path, *, now: Optional[float] = None) -> list[Path]:
-    """Delete temp files a killed writer of ``target`` left behind; returns what went.
+def clean_stale_temps(folder: Path, *, now: Optional[float] = None) -> list[Path]:
+    """Delete the temp files killed writers left in ``folder``; returns what went.
 
     A temp file is stale when no process holds its lock and either its pid is dead on this
     machine or it has not changed for :data:`STALE_TEMP_SECONDS` (a writer elsewhere on a
-    shared volume). Only files named by :func:`temp_name` for this target are considered.
+    shared volume). Only names made by :func:`temp_name` are considered.
     """
     removed: list[Path] = []
     now = time.time() if now is None else now
     try:
-        entries = list(os.scandir(target.parent))
+        entries = [entry for entry in os.scandir(folder) if entry.name.endswith(".tmp")]
     except OSError:
         return removed
     for entry in entries:
         match = _TEMP_RE.fullmatch(entry.name)
-        if not match or match["name"] != target.name or int(match["pid"]) == os.getpid():
+        if not match or int(match["pid"]) == os.getpid():
             continue
         path = Path(entry.path)
         try:
             age = now - entry.stat(follow_symlinks=False).st_mtime
         except OSError:
             continue
-        if not _unlocked(path):
-            continue
-        if _pid_alive(int(match["pid"])) and age < STALE_TEMP_SECONDS:
+        if not _unlocked(path) or (_pid_alive(int(match["pid"])) and age < STALE_TEMP_SECONDS):
             continue
         with contextlib.suppress(OSError):
             path.unlink()
             removed.append(path)
     return removed
+
+
+_CLEANED: set = set()
+
+
+def _clean_once(folder: Path) -> None:
+    """Once per folder and process: a folder of 30 000 predictions must not be scanned per
+    file, and whatever a dead writer left was there before this process started."""
+    key = os.path.abspath(folder)
+    if key not in _CLEANED:
+        _CLEANED.add(key)
+        clean_stale_temps(folder)
 
 
 @contextlib.contextmanager
@@ -177,7 +187,7 @@ def atomic_writer(path: PathLike, *, force: bool = False, mode: str = "wb",
     (disk full, read-only, permissions) become one line naming ``path``.
     """
     target = check_destination(path, force=force)
-    clean_stale_temps(target)
+    _clean_once(target.parent)
     if expected_size is not None:
         require_free_space(target.parent, expected_size, target)
     tmp = temp_name(target)

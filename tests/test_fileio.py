@@ -82,20 +82,22 @@ def test_a_killed_writers_temp_file_is_cleaned_by_the_next_write(tmp_path):
     finally:
         alive.kill()
         alive.wait(30)
-    fileio.atomic_write_bytes(target, b"again", force=True)
+    assert fileio.clean_stale_temps(tmp_path) == [t for t in temps if f".{alive.pid}-" in t.name]
     assert list(tmp_path.glob(".*.tmp")) == []
 
 
 def test_only_our_own_temp_names_are_touched(tmp_path):
+    """mkstemp-style names of older versions and other suffixes are left alone."""
     target = tmp_path / "x.onnx"
+    assert not os.path.exists("/proc/999999")
     for name in (".x.onnx.abc.tmp", ".other.999999-0123abcd.tmp", ".x.onnx.999999-0123abcd.tmpx"):
         (tmp_path / name).write_bytes(b"keep")
     old = tmp_path / ".x.onnx.999999-0123abcd.tmp"
     old.write_bytes(b"stale")
     os.utime(old, (time.time() - 3600,) * 2)
-    fileio.atomic_write_bytes(target, b"x")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.999999-0123abcd.tmp", ".x.onnx.999999-0123abcd.tmpx",
-                                                          ".x.onnx.abc.tmp", "x.onnx"]
+    fileio.atomic_write_bytes(target, b"x")  # pid 999999 is dead: both of its temp files go
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".x.onnx.999999-0123abcd.tmpx", ".x.onnx.abc.tmp",
+                                                          "x.onnx"]
 
 
 @needs_root
