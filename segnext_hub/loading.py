@@ -275,7 +275,8 @@ def read_cached(name: str, *, progress: Optional[bool] = None) -> tuple[dict[str
     """
     for attempt in range(2):
         with use_lock(name):
-            manifest = cached_manifest(name)  # DamagedEntryError: one line with the repair command
+            # Only what a load reads: a damaged training log must not stop inference.
+            manifest = cached_manifest(name, only=(CONFIG_FILE, MODEL_FILE))  # damage: one line + repair
             if manifest is not None:
                 folder = artifact_dir(name)
                 try:

@@ -112,16 +112,17 @@ def entry_problems(name: str, manifest: dict[str, Any], *, full: bool = False,
     return problems
 
 
-def cached_manifest(name: str) -> Optional[dict[str, Any]]:
+def cached_manifest(name: str, only: Optional[tuple[str, ...]] = None) -> Optional[dict[str, Any]]:
     """The manifest of a complete, undamaged pull; None when absent or unfinished.
 
     Raises :class:`DamagedEntryError` (naming the file and the repair command) when the
-    manifest is unreadable or a file it lists is missing or has the wrong size.
+    manifest is unreadable or a file it lists (of ``only``, when given) is missing or has
+    the wrong size.
     """
     manifest = read_manifest(name)
     if not manifest or manifest.get("complete") is not True:
         return None
-    problems = entry_problems(name, manifest)
+    problems = entry_problems(name, manifest, only=only)
     if problems:
         raise damaged(name, "; ".join(problems))
     return manifest
