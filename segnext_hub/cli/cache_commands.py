@@ -201,7 +201,7 @@ def log(name_or_file: str, plot_path: Optional[str], as_json: bool) -> None:
     NAME_OR_FILE is a cached artifact name (pulled if needed) or a .log.json file.
     """
     from ..errors import BadInputError
-    from ..loading import resolve
+    from ..hub.names import resolve
     from ..tasks.logs import format_summary, parse_log, plot_log
 
     source = resolve(name_or_file)  # a registry name wins over a local file of that name

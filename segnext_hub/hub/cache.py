@@ -19,6 +19,7 @@ import re
 import shutil
 import types
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
