@@ -40,7 +40,7 @@ class FakeModel:
         arr = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
         self.calls.append(dict(shape=arr.shape[:2], mode=mode, scale=scale, crop_size=crop_size,
                                stride=stride, flipped=bool(arr[:, 0, 0].mean() > arr[:, -1, 0].mean()),
-                               draw=float(torch.rand(()))))
+                               draw=float(torch.rand((), generator=generator))))
         if return_logits:
             return [SimpleNamespace(mask=None, logits=self.logits_fn(arr))]
         return [SimpleNamespace(mask=torch.from_numpy(self.preds[arr.shape[:2]]), logits=None)]
@@ -209,16 +209,36 @@ def test_bad_layouts_and_inputs_fail_clearly(tmp_path, ade):
         ev.evaluate(FakeModel(150, preds), root, progress=False)
 
 
-def test_seed_is_set_before_each_image(ade):
+def test_each_image_draws_from_its_own_seeded_generator(ade):
     root, preds, _ = ade
     model = FakeModel(150, preds)
     ev.evaluate(model, root, seed=7, progress=False)
-    torch.manual_seed(7)
-    expected = float(torch.rand(()))
-    assert [c["draw"] for c in model.calls] == [expected] * len(ADE_SIZES)
+    expected = [float(torch.rand((), generator=torch.Generator().manual_seed(ev.image_seed(7, i))))
+                for i in range(len(ADE_SIZES))]
+    assert [c["draw"] for c in model.calls] == expected and len(set(expected)) == len(ADE_SIZES)
     model.calls.clear()
-    ev.evaluate(model, root, seed=None, progress=False)
-    assert len({c["draw"] for c in model.calls}) == len(ADE_SIZES)  # global RNG runs on
+    ev.evaluate(model, root, seed=7, limit=2, batch_size=3, progress=False)  # same images, same draws
+    assert [c["draw"] for c in model.calls] == expected[:2]
+    model.calls.clear()
+    ev.evaluate(model, root, seed=None, progress=False)  # None is seed 0
+    assert [c["draw"] for c in model.calls] == [
+        float(torch.rand((), generator=torch.Generator().manual_seed(ev.image_seed(0, i)))) for i in range(4)]
+
+
+def test_sequential_rng_seeds_once_and_runs_on(ade):
+    root, preds, _ = ade
+    model = FakeModel(150, preds)
+    ev.evaluate(model, root, seed=7, rng="sequential", progress=False)
+    torch.manual_seed(7)
+    assert [c["draw"] for c in model.calls] == [float(torch.rand(())) for _ in ADE_SIZES]
+    with pytest.raises(BadInputError, match="rng must be"):
+        ev.evaluate(model, root, rng="global", progress=False)
+
+
+def test_image_seed_is_a_pure_function_of_seed_and_index():
+    seeds = {ev.image_seed(s, i) for s in (0, 1, 2**40, -3) for i in range(50)}
+    assert len(seeds) == 200 and all(0 <= v < 2**63 for v in seeds)
+    assert ev.image_seed(5, 3) == ev.image_seed(5, 3)
 
 
 def test_result_is_json_serialisable_with_nan_as_null(ade):
