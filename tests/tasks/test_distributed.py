@@ -109,3 +109,19 @@ def test_unreadable_image_fails_on_every_rank_without_hanging(files, tmp_path):
     assert f"error: rank 1 failed: cannot read image {bad}" in proc.stderr  # rank 0 learns it
     ranks_output = proc.stderr.split("torch/distributed/elastic")[0]  # then torchrun's own report
     assert "Traceback" not in ranks_output and "exitcode: 2" in proc.stderr
+
+
+def test_shards_cover_every_image_once_and_sequential_rng_needs_one_process(monkeypatch, tmp_path):
+    from segnext_hub.errors import BadInputError
+    from segnext_hub.tasks.distributed import World, shard
+
+    for count in (0, 1, 2, 7, 10):
+        for size in (1, 2, 3, 4):
+            blocks = [list(shard(count, World(rank, size))) for rank in range(size)]
+            assert sum(blocks, []) == list(range(count))
+            assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
+    make_ade(tmp_path, np.random.default_rng(0), sizes=ADE_SIZES[:2])
+    monkeypatch.setattr(ev, "current_world", lambda: World(0, 2))
+    model = type("M", (), {"num_classes": 150})()
+    with pytest.raises(BadInputError, match="single process"):
+        ev.evaluate(model, tmp_path, rng="sequential", progress=False)
