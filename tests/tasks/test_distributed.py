@@ -93,7 +93,7 @@ def test_empty_shard_and_table_printed_once(files):
     proc = torchrun(models["ade"], tmp / "ade", *ADE_ARGS, "--limit", "1")  # rank 0 has no image
     assert proc.returncode == 0, proc.stderr[-3000:]
     reference = in_process(models["ade"], tmp / "ade", limit=1)
-    assert proc.stdout.count("aAcc") == 1 and proc.stdout.count("seed: 5 (rng image)") == 1
+    assert proc.stdout.count("aAcc") == 1 and proc.stdout.count("seed: 5 (--seed; rng image)") == 1
     assert f"mIoU {reference.mIoU:.2f}" in proc.stdout and "(1 images, ade20k)" in proc.stdout
 
 
