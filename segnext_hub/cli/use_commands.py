@@ -15,6 +15,10 @@ seed_option = click.option("--seed", type=int, default=None,
                            help="torch.manual_seed(SEED) before each image's forward; the NMF head is random.")
 
 
+batch_option = click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+                            help="Same-size images (slide: one image's windows) per forward; masks do not change.")
+workers_option = click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+                              help="DataLoader processes that decode and resize images.")
 fast_option = click.option("--fast", is_flag=True,
                            help="Fused inference model (folded norms, fused kernels): faster, equal up to rounding.")
 
@@ -40,10 +44,12 @@ def _load(name_or_path: str, device: str, md_r: Optional[int] = None, fast: bool
 @device_option
 @click.option("--md-r", type=click.IntRange(min=1), help="Override the NMF rank.")
 @fast_option
+@batch_option
+@workers_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @command_options
 def predict(name_or_path: str, images: tuple[str, ...], out_dir: str, mode: Optional[str], seed: Optional[int],
-            device: str, md_r: Optional[int], fast: bool, quiet: bool) -> None:
+            device: str, md_r: Optional[int], fast: bool, batch_size: int, workers: int, quiet: bool) -> None:
     """Segment IMAGES with NAME_OR_PATH (registry name, local file or hf://org/repo).
 
     Writes a class-index PNG, a colour PNG in the dataset palette and an overlay per image.
@@ -53,7 +59,7 @@ def predict(name_or_path: str, images: tuple[str, ...], out_dir: str, mode: Opti
 
     model = _load(name_or_path, device, md_r, fast)
     written = predict_files(model, images, out_dir, mode=mode, seed=0 if seed is None else seed,
-                            progress=False if quiet else None)
+                            progress=False if quiet else None, batch_size=batch_size, workers=workers)
     for paths in written:
         click.echo(str(paths["color"]))
 
@@ -64,36 +70,61 @@ def predict(name_or_path: str, images: tuple[str, ...], out_dir: str, mode: Opti
 @click.option("--dataset", type=click.Choice(["ade20k", "cityscapes"]), help="Default: from the folder layout.")
 @click.option("--aug-test", is_flag=True, help="Multi-scale (0.5-1.75) + flip: the 'ms+flip' column.")
 @click.option("--mode", type=click.Choice(["whole", "slide"]), help="Default: the dataset's test mode.")
-@seed_option
+@click.option("--scale", nargs=2, type=click.IntRange(min=1), metavar="LONG SHORT",
+              help="Keep-ratio test resize bounds. Default: the dataset's (ADE20K 2048 512, Cityscapes 2048 1024).")
+@click.option("--crop-size", nargs=2, type=click.IntRange(min=1), metavar="H W", help="Slide window size.")
+@click.option("--stride", nargs=2, type=click.IntRange(min=1), metavar="H W", help="Slide window step.")
+@click.option("--seed", type=int, default=None,
+              help="The run's seed; image i's NMF bases come from a generator seeded from (SEED, i).")
+@click.option("--rng", type=click.Choice(["image", "sequential"]), default="image", show_default=True,
+              help="image: per-image generators (same result for any process count or batch size); "
+                   "sequential: torch.manual_seed(SEED) once, then image after image (MMSeg tools/test.py, 1 process).")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N images.")
 @device_option
 @click.option("--md-r", type=click.IntRange(min=1), help="Override the NMF rank.")
 @fast_option
+@batch_option
+@workers_option
+@click.option("--dist-timeout", type=click.IntRange(min=1), default=600, show_default=True,
+              help="Seconds a rank waits in a collective under torchrun before giving up.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @command_options
 def eval_command(name_or_path: str, data_dir: str, dataset: Optional[str], aug_test: bool, mode: Optional[str],
-                 seed: Optional[int], limit: Optional[int], device: str, md_r: Optional[int], fast: bool,
-                 as_json: bool, quiet: bool) -> None:
+                 scale: tuple[int, ...], crop_size: tuple[int, ...], stride: tuple[int, ...], seed: Optional[int], rng: str, limit: Optional[int], device: str, md_r: Optional[int], fast: bool,
+                 batch_size: int, workers: int, dist_timeout: int, as_json: bool, quiet: bool) -> None:
     """mIoU / aAcc / mAcc and per-class IoU on an ADE20K or Cityscapes folder, as MMSeg computes them.
 
     DATA_DIR holds ADEChallengeData2016/ (or is it), or leftImg8bit/ + gtFine/. The seed
     defaults to the training seed the artifact records (config.json / the checkpoint's
-    meta, else its training log); it is printed with its source.
+    meta, else its training log; else 0); it is printed with its source.
+    Under torchrun (RANK/WORLD_SIZE/LOCAL_RANK set) each process evaluates a share of the
+    images (nccl, one GPU per local rank, with --device cuda; gloo on CPU) and rank 0 prints.
     """
+    from ..tasks.distributed import current_world, finish, init_from_env, launched_by_torchrun
     from ..tasks.evaluate import evaluate
 
-    model = _load(name_or_path, device, md_r, fast)
-    seed_source = "--seed"
-    if seed is None:
-        seed, seed_source = _training_seed(model, name_or_path)
-    result = evaluate(model, data_dir, dataset=dataset, mode=mode, aug_test=aug_test, seed=seed, limit=limit,
-                      progress=False if quiet else None)
-    if as_json:
-        click.echo(json.dumps(dict(result.to_dict(), seed=seed, seed_source=seed_source), indent=2))
-    else:
-        click.echo(result.format_table())
-        click.echo(f"seed: {seed} ({seed_source})")
+    if launched_by_torchrun():
+        device = init_from_env(device, dist_timeout)
+    try:
+        model = _load(name_or_path, device, md_r, fast)
+        seed_source = "--seed"
+        if seed is None:
+            seed, seed_source = _training_seed(model, name_or_path)
+        if seed is None and rng == "image":
+            seed, seed_source = 0, "default; no training seed recorded"
+        result = evaluate(model, data_dir, dataset=dataset, mode=mode, scale=scale or None,
+                          crop_size=crop_size or None, stride=stride or None, aug_test=aug_test, seed=seed, rng=rng,
+                          limit=limit, progress=False if quiet else None, batch_size=batch_size, workers=workers)
+        if current_world().rank != 0:
+            return
+        if as_json:
+            click.echo(json.dumps(dict(result.to_dict(), seed=seed, seed_source=seed_source), indent=2))
+        else:
+            click.echo(result.format_table())
+            click.echo(f"seed: {seed} ({seed_source}; rng {rng})")
+    finally:
+        finish()
 
 
 def _training_seed(model: object, name_or_path: str) -> tuple[Optional[int], str]:

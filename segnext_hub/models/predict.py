@@ -1,7 +1,14 @@
 """Whole-image and sliding-window inference, shared by the exact and the fused model.
 
 A mixin, so that the fused model reuses it without importing the exact model: it only
-needs ``forward``, ``num_classes`` and ``parameters()``.
+needs ``forward``, ``num_classes``, ``parameters()`` and a decode head that can draw its
+NMF bases.
+
+Batching: forwards whose padded inputs have the same size (whole mode: images of one
+size; slide mode: the windows of one image) run ``batch_size`` at a time. Each forward's
+initial NMF bases are drawn beforehand, in the order batch size 1 would draw them (image
+after image, window after window, from that image's generator or the global RNG), and
+passed as ``bases=``, so the random part of every image is what it would be alone.
 """
 
 from __future__ import annotations
@@ -16,11 +23,15 @@ from torch import Tensor
 
 from .preprocessing import (
     ImageLike,
-    as_rgb_tensor,
-    keep_ratio_resize,
+    ResizedImage,
     looks_like_single_image,
     normalise,
+    resize_for_test,
 )
+
+# One generator for every image (consumed in image order), None (the global RNG, or the
+# model's set_generator), or one generator (or None) per image.
+Generators = Union[None, torch.Generator, Sequence[Optional[torch.Generator]]]
 
 
 @dataclass
@@ -31,34 +42,63 @@ class Prediction:
     logits: Optional[Tensor] = None  # (num_classes, H, W) float32
 
 
+def slide_windows(height: int, width: int, crop: tuple[int, int],
+                  stride: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """(y1, y2, x1, x2) of MMSeg's sliding windows, row by row (the order they draw bases in)."""
+    crop_h, crop_w = crop
+    stride_h, stride_w = stride
+    rows = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
+    cols = max(width - crop_w + stride_w - 1, 0) // stride_w + 1
+    windows = []
+    for r in range(rows):
+        for c in range(cols):
+            y2 = min(r * stride_h + crop_h, height)
+            x2 = min(c * stride_w + crop_w, width)
+            windows.append((max(y2 - crop_h, 0), y2, max(x2 - crop_w, 0), x2))
+    return windows
+
+
+@dataclass
+class _Forward:
+    """One forward of one image: the whole padded image or one window of it."""
+
+    image: int
+    window: Optional[tuple[int, int, int, int]]
+    bases: Optional[Tensor] = None
+
+
+def _per_image(generator: Generators, count: int) -> list[Optional[torch.Generator]]:
+    if generator is None or isinstance(generator, torch.Generator):
+        return [generator] * count
+    gens = list(generator)
+    if len(gens) != count:
+        raise ValueError(f"got {len(gens)} generators for {count} images")
+    return gens
+
+
 class SegmentationInference:
     """``predict`` for any module whose forward maps (B, 3, H, W) to 1/8-size logits."""
 
-    def _logits_at(self, x: Tensor, size: Sequence[int], generator: Optional[torch.Generator]) -> Tensor:
+    def _logits_at(self, x: Tensor, size: Sequence[int], generator: Optional[torch.Generator],
+                   bases: Optional[Tensor] = None) -> Tensor:
         """Forward, then bilinear resize of the 1/8 logits to ``size`` (MMSeg's encode_decode)."""
-        logits = self(x, generator=generator)
+        logits = self(x, generator=generator, bases=bases)
         return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
 
-    def _slide(self, x: Tensor, crop: tuple[int, int], stride: tuple[int, int],
-               generator: Optional[torch.Generator]) -> Tensor:
-        batch, _, height, width = x.shape
-        crop_h, crop_w = crop
-        stride_h, stride_w = stride
-        rows = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
-        cols = max(width - crop_w + stride_w - 1, 0) // stride_w + 1
-        total = x.new_zeros((batch, self.num_classes, height, width))
-        count = x.new_zeros((batch, 1, height, width))
-        for r in range(rows):
-            for c in range(cols):
-                y2 = min(r * stride_h + crop_h, height)
-                x2 = min(c * stride_w + crop_w, width)
-                y1 = max(y2 - crop_h, 0)
-                x1 = max(x2 - crop_w, 0)
-                tile = x[:, :, y1:y2, x1:x2]
-                logits = self._logits_at(tile, tile.shape[2:], generator)
-                total += F.pad(logits, (x1, width - x2, y1, height - y2))
-                count[:, :, y1:y2, x1:x2] += 1
-        return total / count
+    def draw_image_bases(self, generator: Optional[torch.Generator], device: torch.device) -> Tensor:
+        """The initial NMF bases one forward of a single image would draw, drawn now.
+
+        The exact head (``decode_head.hamburger.ham``) and the fused head
+        (``decode_head.draw_bases``) draw with the same code; this picks each one's dtype
+        so that passing the result as ``bases=`` equals letting the forward draw.
+        """
+        head = self.decode_head
+        dtype = next(self.parameters()).dtype
+        if hasattr(head, "draw_bases"):  # fused: NMF in at least float32
+            return head.draw_bases(1, device, generator, torch.promote_types(dtype, torch.float32))
+        ham = head.hamburger
+        dim = ham.ham_in.conv.out_channels // ham.ham.groups
+        return ham.ham.draw_bases(1, dim, device, dtype, generator)
 
     @torch.no_grad()
     def predict(
@@ -70,7 +110,8 @@ class SegmentationInference:
         crop_size: tuple[int, int] = (512, 512),
         stride: tuple[int, int] = (341, 341),
         return_logits: bool = False,
-        generator: Optional[torch.Generator] = None,
+        generator: Generators = None,
+        batch_size: int = 1,
     ) -> list[Prediction]:
         """Full-resolution class maps, computed the way MMSeg 1.x inference does.
 
@@ -79,33 +120,94 @@ class SegmentationInference:
         pipeline (ADE20K ``(2048, 512)``, Cityscapes ``(2048, 1024)``); None: no resize.
         The normalised image is zero-padded to a multiple of ``size_divisor`` (MMSeg's test
         preprocessor); ``mode="whole"`` runs it in one forward, ``"slide"`` in tiles of
-        ``crop_size`` every ``stride`` (Cityscapes: 1024 / 768). Each image is its own forward,
-        so with the global RNG, results depend on the order of images.
+        ``crop_size`` every ``stride`` (Cityscapes: 1024 / 768). ``generator``: one for
+        all images (drawn image after image), one per image, or None (global RNG).
+        ``batch_size`` > 1 forwards same-size inputs together; each image's bases are
+        drawn as at batch size 1, so the masks are the same.
         """
-        if mode not in ("whole", "slide"):
-            raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
         if isinstance(images, (np.ndarray, Tensor)) and looks_like_single_image(images):
             images = [images]
+        resized = [resize_for_test(image, scale) for image in images]
+        return self.predict_resized(resized, mode=mode, size_divisor=size_divisor, crop_size=crop_size,
+                                    stride=stride, return_logits=return_logits, generator=generator,
+                                    batch_size=batch_size)
+
+    @torch.no_grad()
+    def predict_resized(
+        self,
+        images: Sequence[ResizedImage],
+        mode: str = "whole",
+        size_divisor: int = 32,
+        crop_size: tuple[int, int] = (512, 512),
+        stride: tuple[int, int] = (341, 341),
+        return_logits: bool = False,
+        generator: Generators = None,
+        batch_size: int = 1,
+    ) -> list[Prediction]:
+        """:meth:`predict` for images already resized (by ``resize_for_test``, e.g. in a DataLoader)."""
+        if mode not in ("whole", "slide"):
+            raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        gens = _per_image(generator, len(images))
         device = next(self.parameters()).device
         dtype = next(self.parameters()).dtype
-        results = []
+        padded = []
         for image in images:
-            rgb = as_rgb_tensor(image)
-            height, width = rgb.shape[1:]
-            resized = keep_ratio_resize(rgb, scale) if scale is not None else rgb
-            x = normalise(resized.to(device)).unsqueeze(0).to(dtype)
+            x = normalise(image.pixels.to(device)).unsqueeze(0).to(dtype)
             rh, rw = x.shape[2:]
             pad_h = (-rh) % size_divisor if size_divisor else 0
             pad_w = (-rw) % size_divisor if size_divisor else 0
-            padded = F.pad(x, (0, pad_w, 0, pad_h), value=0.0)
+            padded.append(F.pad(x, (0, pad_w, 0, pad_h), value=0.0))
+        forwards = []
+        for i, x in enumerate(padded):
             if mode == "whole":
-                logits = self._logits_at(padded, padded.shape[2:], generator)
+                forwards.append(_Forward(i, None))
             else:
-                logits = self._slide(padded, tuple(crop_size), tuple(stride), generator)
-            logits = logits[:, :, :rh, :rw]
-            logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)[0]
+                forwards += [_Forward(i, w) for w in slide_windows(*x.shape[2:], tuple(crop_size), tuple(stride))]
+        if batch_size > 1:  # draw now, in batch-size-1 order
+            for fwd in forwards:
+                fwd.bases = self.draw_image_bases(gens[fwd.image], device)
+        totals = [x.new_zeros((1, self.num_classes, *x.shape[2:])) for x in padded]
+        counts = [x.new_zeros((1, 1, *x.shape[2:])) for x in padded]
+        for group in _groups(forwards, padded, mode, int(batch_size)):
+            tiles = [_crop(padded[f.image], f.window) for f in group]
+            x = torch.cat(tiles) if len(tiles) > 1 else tiles[0]
+            bases = torch.cat([f.bases for f in group]) if group[0].bases is not None else None
+            logits = self._logits_at(x, x.shape[2:], gens[group[0].image], bases)
+            for k, fwd in enumerate(group):
+                height, width = padded[fwd.image].shape[2:]
+                y1, y2, x1, x2 = fwd.window or (0, height, 0, width)
+                totals[fwd.image] += F.pad(logits[k:k + 1], (x1, width - x2, y1, height - y2))
+                counts[fwd.image][:, :, y1:y2, x1:x2] += 1
+        results = []
+        for image, total, count in zip(images, totals, counts):
+            rh, rw = image.pixels.shape[1:]
+            logits = (total if mode == "whole" else total / count)[:, :, :rh, :rw]
+            logits = F.interpolate(logits, size=image.original_size, mode="bilinear", align_corners=False)[0]
             mask = logits.argmax(dim=0)
             results.append(Prediction(mask=mask.cpu(), logits=logits.float().cpu() if return_logits else None))
         return results
 
 
+def _crop(x: Tensor, window: Optional[tuple[int, int, int, int]]) -> Tensor:
+    if window is None:
+        return x
+    y1, y2, x1, x2 = window
+    return x[:, :, y1:y2, x1:x2]
+
+
+def _groups(forwards: list[_Forward], padded: list[Tensor], mode: str, batch_size: int) -> list[list[_Forward]]:
+    """Forwards that run together: same input size, at most ``batch_size``.
+
+    Whole mode groups images of one padded size (in order of first appearance); slide
+    mode batches the windows of one image (MMSeg's windows all have the crop size, or
+    the image's size when it is smaller than the crop).
+    """
+    if batch_size == 1:
+        return [[f] for f in forwards]
+    buckets: dict[tuple, list[_Forward]] = {}
+    for fwd in forwards:
+        key = tuple(padded[fwd.image].shape[2:]) if mode == "whole" else (fwd.image,)
+        buckets.setdefault(key, []).append(fwd)
+    return [bucket[i:i + batch_size] for bucket in buckets.values() for i in range(0, len(bucket), batch_size)]

@@ -10,7 +10,8 @@ the ImageNet normalisation of MMSeg's data preprocessor.
 
 from __future__ import annotations
 
-from typing import Union
+from dataclasses import dataclass
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -94,3 +95,23 @@ def normalise(chw: Tensor) -> Tensor:
     mean = torch.tensor(MEAN_RGB, device=chw.device).view(3, 1, 1)
     std = torch.tensor(STD_RGB, device=chw.device).view(3, 1, 1)
     return (chw - mean) / std
+
+
+@dataclass
+class ResizedImage:
+    """An image after the test resize, before normalisation: what a DataLoader worker hands over.
+
+    Resizing is the costly CPU step, so it runs where images are decoded; normalising and
+    padding happen on the model's device in ``predict_resized``.
+    """
+
+    pixels: Tensor  # (3, h, w) float32, 0-255 values
+    original_size: tuple[int, int]  # (H, W) the mask is returned at
+
+
+def resize_for_test(image: ImageLike, scale: Optional[tuple[int, int]]) -> ResizedImage:
+    """MMSeg's test resize of one RGB image (None: no resize)."""
+    rgb = as_rgb_tensor(image)
+    height, width = rgb.shape[1:]
+    resized = keep_ratio_resize(rgb, scale) if scale is not None else rgb
+    return ResizedImage(resized, (int(height), int(width)))

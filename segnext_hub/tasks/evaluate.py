@@ -4,11 +4,16 @@ The folder is walked the way MMSeg's dataset classes walk it (sorted image paths
 decoded and, for ADE20K, zero-reduced as its ``LoadAnnotations`` does); the metric is
 :class:`segnext_hub.metrics.IoUAccumulator`, a step-by-step twin of MMSeg's ``IoUMetric``.
 
-Seeds: the NMF head draws random bases at every forward. With ``seed`` given,
-``torch.manual_seed(seed)`` runs before each image's forward(s) (all TTA views of that
-image draw in sequence after it), so an image's prediction does not depend on which
-images came before it, and ``limit`` does not change the first images' results. MMSeg
-itself seeds once per run, so its per-image draws depend on the order of the dataset.
+Seeds: the NMF head draws random bases at every forward. With ``rng="image"`` (the
+default) image ``i``'s bases come from a generator seeded with ``image_seed(seed, i)``
+(``i`` = its place in the sorted list), so a prediction depends neither on the images
+before it, nor on ``limit``, the batch size, or how many processes share the work.
+``rng="sequential"`` is MMSeg's ``tools/test.py`` on one process: ``torch.manual_seed(seed)``
+once, then the global RNG runs on image after image (one process only).
+
+Distributed: inside an initialised process group each rank evaluates a contiguous block
+of the images; every image's areas are summed over ranks and added in dataset order, so
+the metrics equal one process's bit for bit (see :mod:`segnext_hub.tasks.distributed`).
 """
 
 from __future__ import annotations
@@ -25,11 +30,14 @@ import torch
 
 from ..datasets import get_dataset, label_space
 from ..errors import BadInputError
+from ..models.preprocessing import ResizedImage, resize_for_test
 from ..progress import progress_bar
+from .distributed import all_sum, current_world, raise_if_any_failed, shard
 from .metrics import IGNORE_INDEX, IoUAccumulator, two_places
 from .tta import REFERENCES, TTA_RATIOS, predict_tta
 
 PathLike = Union[str, "os.PathLike[str]"]
+RNG_MODES = ("image", "sequential")
 
 
 # --------------------------------------------------------------------------- datasets
@@ -249,6 +257,56 @@ def _class_names(model: Any, dataset: str) -> tuple[str, ...]:
     return label_space(int(model.num_classes), dataset, config.get("classes")).classes
 
 
+def image_seed(seed: int, index: int) -> int:
+    """The NMF seed of image ``index`` in a run seeded with ``seed`` (numpy's SeedSequence mixing).
+
+    A pure function of the two numbers, so any process can compute any image's seed.
+    """
+    words = np.random.SeedSequence([int(seed) % 2**64, int(index)]).generate_state(2, np.uint32)
+    return (int(words[0]) << 31 | int(words[1]) >> 1) & (2**63 - 1)
+
+
+@dataclass
+class _Item:
+    """What a loader worker hands over for one image (an error travels as text, not as an exception)."""
+
+    index: int
+    label: Optional[np.ndarray] = None
+    image: Optional[np.ndarray] = None  # raw RGB, when the model resizes itself (TTA, plain predict)
+    resized: Optional[ResizedImage] = None
+    error: Optional[str] = None
+
+
+class _EvalImages(torch.utils.data.Dataset):
+    """Decodes (and, with ``scale``, resizes) this rank's images; runs in DataLoader workers."""
+
+    def __init__(self, samples: Sequence[Sample], indices: Sequence[int], reduce_zero_label: bool,
+                 scale: Optional[tuple[int, int]], resize: bool) -> None:
+        self.samples, self.indices = samples, list(indices)
+        self.reduce_zero_label, self.scale, self.resize = reduce_zero_label, scale, resize
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> _Item:
+        index = self.indices[position]
+        sample = self.samples[index]
+        try:
+            image = load_image(sample.image)
+            label = load_label(sample.label, self.reduce_zero_label)
+            if image.shape[:2] != label.shape:
+                raise BadInputError(f"{sample.image} is {image.shape[:2]} but its label is {label.shape}")
+        except BadInputError as err:
+            return _Item(index, error=str(err))
+        if self.resize:
+            return _Item(index, label, resized=resize_for_test(image, self.scale))
+        return _Item(index, label, image=image)
+
+
+def _as_list(items: list) -> list:
+    return items
+
+
 def evaluate(
     model: Any,
     data_dir: PathLike,
@@ -262,8 +320,11 @@ def evaluate(
     aug_ratios: Sequence[float] = TTA_RATIOS,
     aug_reference: str = "image",
     seed: Optional[int] = None,
+    rng: str = "image",
     limit: Optional[int] = None,
     progress: Optional[bool] = None,
+    batch_size: int = 1,
+    workers: int = 0,
 ) -> EvalResult:
     """Evaluate ``model`` (a :class:`SegNeXt` or anything with its ``predict``) on ``data_dir``.
 
@@ -271,8 +332,13 @@ def evaluate(
     ``stride`` default to the dataset's test settings (ADE20K: whole, (2048, 512);
     Cityscapes: slide 1024x1024 every 768 after a (2048, 1024) resize). ``aug_test`` runs
     :func:`segnext_hub.tta.predict_tta` (multi-scale + flip; ``aug_reference`` says what
-    the ratios multiply). Images stream one at a time; ``progress`` None shows a bar on a
-    terminal only.
+    the ratios multiply). ``seed``/``rng``: see the module docstring (``seed`` None is 0
+    in ``rng="image"``; in ``"sequential"`` it leaves the global RNG alone). ``workers``
+    DataLoader processes decode and resize; ``batch_size`` images (or one image's slide
+    windows) of one size share a forward, with each image's bases drawn as if alone
+    (TTA views run one at a time). In a process group (``torch.distributed``) every rank
+    must call this; each evaluates its share and all return the same result.
+    ``progress`` None shows a bar on a terminal only (rank 0 only, counting all ranks).
     """
     layout, root, samples = iter_samples(data_dir, dataset, limit)
     info = get_dataset(layout.name)
@@ -284,35 +350,59 @@ def evaluate(
         raise BadInputError(f"mode must be 'whole' or 'slide', got {mode!r}")
     if aug_reference not in REFERENCES:
         raise BadInputError(f"aug_reference must be one of {REFERENCES}, got {aug_reference!r}")
+    if rng not in RNG_MODES:
+        raise BadInputError(f"rng must be one of {RNG_MODES}, got {rng!r}")
+    if batch_size < 1 or workers < 0:
+        raise BadInputError(f"batch size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
+    world = current_world()
+    if rng == "sequential" and world.distributed:
+        raise BadInputError("rng 'sequential' draws one RNG stream image after image: it needs a single process")
     test_scale = _pair(scale, layout.scale, "scale")
     crop = _pair(crop_size, layout.crop_size, "crop size")
     step = _pair(stride, layout.stride, "stride")
-    settings = {"mode": mode, "scale": list(test_scale), "aug_test": aug_test, "seed": seed,
+    settings = {"mode": mode, "scale": list(test_scale), "aug_test": aug_test, "seed": seed, "rng": rng,
                 "limit": limit, "reduce_zero_label": layout.reduce_zero_label, "ignore_index": IGNORE_INDEX}
     if mode == "slide":
         settings.update(crop_size=list(crop), stride=list(step))
     if aug_test:
         settings.update(aug_ratios=[float(r) for r in aug_ratios], aug_flip=True, aug_reference=aug_reference)
 
+    resize = not aug_test and hasattr(model, "predict_resized")
+    loader = torch.utils.data.DataLoader(
+        _EvalImages(samples, shard(len(samples), world), layout.reduce_zero_label, test_scale, resize),
+        batch_size=batch_size, num_workers=workers, collate_fn=_as_list, shuffle=False,
+        generator=torch.Generator().manual_seed(0))  # its own: iterating must not consume the global RNG
+    steps = math.ceil(math.ceil(len(samples) / world.size) / batch_size)  # the same on every rank
+    areas = np.zeros((len(samples), len(IoUAccumulator.KINDS), num_classes), dtype=np.int64)
     acc = IoUAccumulator(num_classes)
+    run = _Runner(model, mode, test_scale, crop, step, aug_test, aug_ratios, aug_reference, rng,
+                  0 if seed is None and rng == "image" else seed, batch_size)
     start = time.perf_counter()
-    with progress_bar(len(samples), "eval", progress, unit="img") as bar:
-        for sample in samples:
-            image = load_image(sample.image)
-            label = load_label(sample.label, layout.reduce_zero_label)
-            if image.shape[:2] != label.shape:
-                raise BadInputError(f"{sample.image} is {image.shape[:2]} but its label is {label.shape}")
-            if seed is not None:
-                torch.manual_seed(seed)
-            if aug_test:
-                probs = predict_tta(model, image, mode=mode, test_scale=test_scale, crop_size=crop,
-                                    stride=step, ratios=aug_ratios, reference=aug_reference)
-                pred = probs.argmax(dim=0)
-            else:
-                pred = model.predict(image, mode=mode, scale=test_scale, crop_size=crop, stride=step)[0].mask
-            acc.add(pred, label)
-            bar.update(1)
+    error: Optional[BaseException] = None
+    with progress_bar(len(samples), "eval", progress if world.rank == 0 else False, unit="img") as bar:
+        if rng == "sequential" and seed is not None:
+            torch.manual_seed(seed)
+        batches = iter(loader)
+        for _ in range(steps):
+            done = 0
+            if error is None:
+                try:
+                    items = next(batches, [])
+                    for item, pred in zip(items, run(items)):
+                        areas[item.index] = acc.areas_of(pred, item.label)
+                    done = len(items)
+                except Exception as err:  # noqa: BLE001 - shared with the other ranks below
+                    error = err
+            status = all_sum(torch.tensor([done, 0 if error is None else 1]), world)
+            bar.update(int(status[0]))  # every rank's images
+            if int(status[1]):
+                break
+    raise_if_any_failed(error, world)
+    areas = all_sum(torch.from_numpy(areas), world).numpy()
+    for image_areas in areas:  # dataset order, whoever computed them
+        acc.add_areas(image_areas)
     summary, iou, class_acc = acc.metrics()
+    settings["world_size"] = world.size
     return EvalResult(
         dataset=layout.name, data_root=str(root), num_images=acc.count,
         aAcc=summary["aAcc"], mIoU=summary["mIoU"], mAcc=summary["mAcc"],
@@ -321,3 +411,41 @@ def evaluate(
         settings=settings, seconds=round(time.perf_counter() - start, 3),
     )
 
+
+@dataclass
+class _Runner:
+    """Predicts one loader batch with every image's own generator."""
+
+    model: Any
+    mode: str
+    test_scale: tuple[int, int]
+    crop: tuple[int, int]
+    stride: tuple[int, int]
+    aug_test: bool
+    aug_ratios: Sequence[float]
+    aug_reference: str
+    rng: str
+    seed: Optional[int]
+    batch_size: int
+
+    def generator(self, index: int) -> Optional[torch.Generator]:
+        if self.rng != "image":
+            return None
+        return torch.Generator().manual_seed(image_seed(self.seed or 0, index))
+
+    def __call__(self, items: list[_Item]) -> list[Any]:
+        for item in items:
+            if item.error is not None:
+                raise BadInputError(item.error)
+        gens = [self.generator(item.index) for item in items]
+        model, common = self.model, dict(mode=self.mode, crop_size=self.crop, stride=self.stride)
+        if self.aug_test:
+            return [predict_tta(model, item.image, test_scale=self.test_scale, ratios=self.aug_ratios,
+                                reference=self.aug_reference, generator=gen, **common).argmax(dim=0)
+                    for item, gen in zip(items, gens)]
+        if items and items[0].resized is not None:
+            preds = model.predict_resized([item.resized for item in items], generator=gens,
+                                          batch_size=self.batch_size, **common)
+            return [p.mask for p in preds]
+        return [model.predict(item.image, scale=self.test_scale, generator=gen, **common)[0].mask
+                for item, gen in zip(items, gens)]

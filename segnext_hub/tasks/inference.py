@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from ..datasets import LabelSpace, label_space
 from ..errors import BadInputError
 from ..fileio import atomic_write_bytes
+from ..models.preprocessing import resize_for_test
 from ..progress import progress_bar
 from .evaluate import LAYOUTS, load_image
 from .visualize import save_outputs
@@ -59,6 +61,59 @@ def write_legend(space: LabelSpace, out: Path) -> Path:
     return out / LEGEND_FILE
 
 
+class _ImageFiles(torch.utils.data.Dataset):
+    """Decodes and test-resizes one image file per item; runs in DataLoader workers."""
+
+    def __init__(self, paths: Sequence[Path], scale: Optional[tuple[int, int]]) -> None:
+        self.paths, self.scale = list(paths), scale
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, Any, Any]:
+        try:
+            rgb = load_image(self.paths[index])
+        except BadInputError as err:  # travels as text: a worker's exception would carry a traceback
+            return index, None, str(err)
+        return index, rgb, resize_for_test(rgb, self.scale)
+
+
+def _as_list(items: list) -> list:
+    return items
+
+
+def iter_predictions(
+    model: Any,
+    paths: Sequence[Path],
+    settings: dict[str, Any],
+    *,
+    seed: Optional[int] = 0,
+    batch_size: int = 1,
+    workers: int = 0,
+) -> Iterator[tuple[Path, np.ndarray, Any]]:
+    """(path, RGB image, Prediction) for each file, in order; ``settings`` are predict()'s keywords.
+
+    ``workers`` DataLoader processes decode and resize; ``batch_size`` same-size images
+    share a forward. ``seed``: every image draws from a generator seeded with ``seed``
+    (None: the global RNG, image after image); either way the masks equal batch size 1's.
+    """
+    if batch_size < 1 or workers < 0:
+        raise BadInputError(f"batch size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
+    settings = dict(settings)
+    scale = settings.pop("scale", (2048, 512))  # predict()'s default resize
+    loader = torch.utils.data.DataLoader(_ImageFiles(paths, scale), batch_size=batch_size, num_workers=workers,
+                                         collate_fn=_as_list, generator=torch.Generator().manual_seed(0))
+    for batch in loader:
+        for _, _, resized in batch:
+            if isinstance(resized, str):
+                raise BadInputError(resized)
+        gens = [None if seed is None else torch.Generator().manual_seed(seed) for _ in batch]
+        preds = model.predict_resized([resized for _, _, resized in batch], generator=gens,
+                                      batch_size=batch_size, **settings)
+        for (index, rgb, _), pred in zip(batch, preds):
+            yield paths[index], rgb, pred
+
+
 def predict_files(
     model: Any,
     images: Sequence[Union[str, os.PathLike]],
@@ -67,14 +122,17 @@ def predict_files(
     mode: Optional[str] = None,
     seed: Optional[int] = 0,
     progress: Optional[bool] = None,
+    batch_size: int = 1,
+    workers: int = 0,
 ) -> list[dict[str, Path]]:
     """Predict each image and write ``<stem>_classes.png``, ``_color.png``, ``_overlay.png``,
     and one ``legend.json`` naming each class index and its colour.
 
-    ``seed``: ``torch.manual_seed(seed)`` before each image, so a result does not depend
-    on which images came before it (None: leave the global RNG alone).
+    ``seed``: every image draws its bases from a generator seeded with ``seed`` (what
+    ``torch.manual_seed(seed)`` before it would give), so a result does not depend on
+    which images came before it. ``batch_size``/``workers``: see :func:`iter_predictions`.
     """
-    if not hasattr(model, "predict"):
+    if not hasattr(model, "predict_resized"):
         raise BadInputError("predict needs a segmentor; this artifact is a backbone only")
     paths = [Path(p) for p in images]
     for path in paths:
@@ -82,18 +140,14 @@ def predict_files(
             raise BadInputError(f"image {path} does not exist")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    settings = test_settings(model, mode)
     space = model_label_space(model)
     palette = space.palette_array()
     write_legend(space, out)
     stems = [p.stem for p in paths]
     written = []
     with progress_bar(len(paths), "predict", progress if len(paths) > 1 else False, unit="img") as bar:
-        for path in paths:
-            rgb = load_image(path)
-            if seed is not None:
-                torch.manual_seed(seed)
-            (pred,) = model.predict(rgb, **settings)
+        for path, rgb, pred in iter_predictions(model, paths, test_settings(model, mode), seed=seed,
+                                                batch_size=batch_size, workers=workers):
             stem = path.stem if stems.count(path.stem) == 1 else f"{path.parent.name}_{path.stem}"
             written.append(save_outputs(rgb, pred.mask.numpy(), palette, out, stem))
             bar.update(1)

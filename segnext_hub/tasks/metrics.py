@@ -42,7 +42,8 @@ class IoUAccumulator:
         values = values[(values >= 0) & (values < self.num_classes)]
         return np.bincount(values, minlength=self.num_classes).astype(np.int64)
 
-    def add(self, pred: Any, label: Any) -> None:
+    def areas_of(self, pred: Any, label: Any) -> np.ndarray:
+        """One image's (4, num_classes) int64 areas, rows in ``KINDS`` order."""
         pred = np.asarray(pred.cpu() if isinstance(pred, torch.Tensor) else pred).astype(np.int64)
         label = np.asarray(label).astype(np.int64)
         if pred.shape != label.shape:
@@ -51,9 +52,19 @@ class IoUAccumulator:
         pred, label = pred[keep], label[keep]
         inter = self._hist(pred[pred == label])
         area_pred, area_label = self._hist(pred), self._hist(label)
-        areas = {"intersect": inter, "union": area_pred + area_label - inter,
-                 "pred_label": area_pred, "label": area_label}
-        for kind, area in areas.items():
+        return np.stack([inter, area_pred + area_label - inter, area_pred, area_label])
+
+    def add(self, pred: Any, label: Any) -> None:
+        self.add_areas(self.areas_of(pred, label))
+
+    def add_areas(self, areas: np.ndarray) -> None:
+        """Accumulate one image's areas (from :meth:`areas_of`, possibly computed on another rank).
+
+        The float32 running sums depend on the order images are added in; distributed
+        evaluation gathers every image's areas and adds them in dataset order, so that
+        the metrics equal a single process's bit for bit.
+        """
+        for kind, area in zip(self.KINDS, np.asarray(areas, dtype=np.int64)):
             self.exact[kind] += area
             f32 = torch.from_numpy(area.astype(np.float32))
             prev = self._f32[kind]

@@ -2,7 +2,8 @@
 
 Usage: python eval_worker.py JOB.json. For each run in the job, builds MMSeg's dataset
 with the config's test (or TTA) pipeline, runs the model (wrapped in ``SegTTAModel`` for
-TTA) image by image with ``torch.manual_seed(seed)`` before each image, feeds
+TTA) image by image with ``torch.manual_seed(seeds[i])`` before image i (or, for a
+``sequential`` run, ``torch.manual_seed(seed)`` once before the first, as tools/test.py), feeds
 ``IoUMetric``, and saves the predictions and metrics with torch.save. ``metric_trials``
 runs ``IoUMetric`` alone on saved prediction/label pairs.
 """
@@ -45,9 +46,12 @@ def run_one(run: dict, seed: int) -> dict:
     metric = IoUMetric()
     metric.dataset_meta = dataset.metainfo
     preds, paths = [], []
+    if run.get("sequential"):
+        torch.manual_seed(seed)
     for i in range(len(dataset)):
         data = pseudo_collate([dataset[i]])
-        torch.manual_seed(seed)
+        if not run.get("sequential"):
+            torch.manual_seed(run["seeds"][i])
         with torch.no_grad():
             outs = net.test_step(data)
         metric.process(data, [o.to_dict() for o in outs])

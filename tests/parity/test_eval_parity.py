@@ -82,12 +82,18 @@ def test_evaluate_and_tta_match_mmseg(tmp_path, monkeypatch):
     torch.save(ade_model.state_dict(), tmp_path / "ade.pt")
     torch.save(city_model.state_dict(), tmp_path / "city.pt")
     runs = []
+    # evaluate()'s default rng="image": image i's bases from a generator seeded with
+    # image_seed(SEED, i); MMSeg gets torch.manual_seed(image_seed(SEED, i)) before image i.
+    ade_seeds, city_seeds = ([ev.image_seed(SEED, i) for i in range(n)] for n in (3, 2))
     for tta in (False, True):
         runs.append(dict(variant="t", md_r=16, weights=str(tmp_path / "ade.pt"), dataset="ade20k",
-                         data_root=str(ade), tta=tta))
+                         data_root=str(ade), tta=tta, seeds=ade_seeds))
         runs.append(dict(variant="t", md_r=16, num_classes=19, weights=str(tmp_path / "city.pt"),
-                         dataset="cityscapes", data_root=str(city), tta=tta, scale=CITY["scale"],
+                         dataset="cityscapes", data_root=str(city), tta=tta, scale=CITY["scale"], seeds=city_seeds,
                          test_cfg=dict(mode="slide", crop_size=CITY["crop_size"], stride=CITY["stride"])))
+    # rng="sequential": seeded once, the global RNG runs on through the images (tools/test.py).
+    runs.append(dict(variant="t", md_r=16, weights=str(tmp_path / "ade.pt"), dataset="ade20k",
+                     data_root=str(ade), tta=False, sequential=True))
     trials = _metric_trials()
     torch.save([([(torch.from_numpy(p), torch.from_numpy(l)) for p, l in pairs], n) for pairs, n in trials],
                tmp_path / "trials.pt")
@@ -111,14 +117,17 @@ def test_evaluate_and_tta_match_mmseg(tmp_path, monkeypatch):
         np.testing.assert_array_equal(our_acc, acc)
 
     preds = []  # every prediction evaluate() scores, in order
-    real_add = ev.IoUAccumulator.add
-    monkeypatch.setattr(ev.IoUAccumulator, "add", lambda self, pred, label: (preds.append(pred), real_add(self, pred, label)))
+    real_areas = ev.IoUAccumulator.areas_of
+    monkeypatch.setattr(ev.IoUAccumulator, "areas_of",
+                        lambda self, pred, label: (preds.append(pred), real_areas(self, pred, label))[1])
     for run, ref in zip(runs, theirs):
         model = ade_model if run["dataset"] == "ade20k" else city_model
         extra = CITY if run["dataset"] == "cityscapes" else {}
         preds.clear()
-        result = ev.evaluate(model, run["data_root"], aug_test=run["tta"], seed=SEED, progress=False, **extra)
-        where = (run["dataset"], "tta" if run["tta"] else "plain")
+        rng = "sequential" if run.get("sequential") else "image"
+        result = ev.evaluate(model, run["data_root"], aug_test=run["tta"], seed=SEED, rng=rng, progress=False,
+                             **extra)
+        where = (run["dataset"], "tta" if run["tta"] else "plain", rng)
         for key in ("aAcc", "mIoU", "mAcc"):
             assert getattr(result, key) == round(ref["metrics"][key], 2), (*where, key)
         layout, root = ev.find_dataset(run["data_root"])

@@ -40,7 +40,7 @@ class FakeModel:
         arr = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
         self.calls.append(dict(shape=arr.shape[:2], mode=mode, scale=scale, crop_size=crop_size,
                                stride=stride, flipped=bool(arr[:, 0, 0].mean() > arr[:, -1, 0].mean()),
-                               draw=float(torch.rand(()))))
+                               draw=float(torch.rand((), generator=generator))))
         if return_logits:
             return [SimpleNamespace(mask=None, logits=self.logits_fn(arr))]
         return [SimpleNamespace(mask=torch.from_numpy(self.preds[arr.shape[:2]]), logits=None)]
@@ -209,16 +209,36 @@ def test_bad_layouts_and_inputs_fail_clearly(tmp_path, ade):
         ev.evaluate(FakeModel(150, preds), root, progress=False)
 
 
-def test_seed_is_set_before_each_image(ade):
+def test_each_image_draws_from_its_own_seeded_generator(ade):
     root, preds, _ = ade
     model = FakeModel(150, preds)
     ev.evaluate(model, root, seed=7, progress=False)
-    torch.manual_seed(7)
-    expected = float(torch.rand(()))
-    assert [c["draw"] for c in model.calls] == [expected] * len(ADE_SIZES)
+    expected = [float(torch.rand((), generator=torch.Generator().manual_seed(ev.image_seed(7, i))))
+                for i in range(len(ADE_SIZES))]
+    assert [c["draw"] for c in model.calls] == expected and len(set(expected)) == len(ADE_SIZES)
     model.calls.clear()
-    ev.evaluate(model, root, seed=None, progress=False)
-    assert len({c["draw"] for c in model.calls}) == len(ADE_SIZES)  # global RNG runs on
+    ev.evaluate(model, root, seed=7, limit=2, batch_size=3, progress=False)  # same images, same draws
+    assert [c["draw"] for c in model.calls] == expected[:2]
+    model.calls.clear()
+    ev.evaluate(model, root, seed=None, progress=False)  # None is seed 0
+    assert [c["draw"] for c in model.calls] == [
+        float(torch.rand((), generator=torch.Generator().manual_seed(ev.image_seed(0, i)))) for i in range(4)]
+
+
+def test_sequential_rng_seeds_once_and_runs_on(ade):
+    root, preds, _ = ade
+    model = FakeModel(150, preds)
+    ev.evaluate(model, root, seed=7, rng="sequential", progress=False)
+    torch.manual_seed(7)
+    assert [c["draw"] for c in model.calls] == [float(torch.rand(())) for _ in ADE_SIZES]
+    with pytest.raises(BadInputError, match="rng must be"):
+        ev.evaluate(model, root, rng="global", progress=False)
+
+
+def test_image_seed_is_a_pure_function_of_seed_and_index():
+    seeds = {ev.image_seed(s, i) for s in (0, 1, 2**40, -3) for i in range(50)}
+    assert len(seeds) == 200 and all(0 <= v < 2**63 for v in seeds)
+    assert ev.image_seed(5, 3) == ev.image_seed(5, 3)
 
 
 def test_result_is_json_serialisable_with_nan_as_null(ade):
@@ -325,3 +345,45 @@ def test_real_tiny_model_end_to_end(tmp_path):
     probs = predict_tta(model, image, ratios=(0.75, 1.25))
     assert probs.shape == (150, 32, 40)
     torch.testing.assert_close(probs.sum(0), torch.ones(32, 40))
+
+
+# ----------------------------------------------------------------------------- batches and workers
+@pytest.mark.parametrize("fused", [False, True], ids=["exact", "fused"])
+def test_batches_and_workers_do_not_change_metrics(tmp_path, fused):
+    """Real T model (random weights): batch 3 with 2 loader workers equals batch 1 in-process."""
+    from segnext_hub import create_model
+    from segnext_hub.models.random_init import randomize_
+
+    model = randomize_(create_model("t", md_r=16), seed=0, calibration_size=32, calibration_batches=1)
+    city_model = randomize_(create_model("t", md_r=16, num_classes=19), seed=0, calibration_size=32,
+                            calibration_batches=1)
+    if fused:
+        model, city_model = model.fuse(), city_model.fuse()
+    ade_root, _, _ = make_ade(tmp_path, np.random.default_rng(3), sizes=[(32, 40), (36, 28), (32, 40), (30, 40)])
+    city_root, _, _ = make_cityscapes(tmp_path, np.random.default_rng(4))
+    runs = [(model, ade_root, dict(scale=(64, 32))),
+            (city_model, city_root, dict(scale=(64, 32), crop_size=(16, 16), stride=(12, 12)))]
+    for net, root, extra in runs:
+        one = ev.evaluate(net, root, seed=2, progress=False, **extra)
+        many = ev.evaluate(net, root, seed=2, progress=False, batch_size=3, workers=2, **extra)
+        for key in ("areas", "aAcc", "mIoU", "mAcc", "iou", "acc"):  # NaN as None
+            assert many.to_dict()[key] == one.to_dict()[key], key
+
+
+def test_predict_files_batched_writes_the_same_masks(tmp_path):
+    from segnext_hub import create_model
+    from segnext_hub.models.random_init import randomize_
+    from segnext_hub.tasks.inference import predict_files
+
+    model = randomize_(create_model("t", md_r=16), seed=0, calibration_size=32, calibration_batches=1)
+    paths = []
+    for i, (h, w) in enumerate([(40, 48), (40, 48), (30, 50)]):
+        paths.append(tmp_path / f"img{i}.png")
+        Image.fromarray(_ramp(h, w)[:, ::-1].copy() if i == 1 else _ramp(h, w)).save(paths[-1])
+    one = predict_files(model, paths, tmp_path / "one", progress=False)
+    many = predict_files(model, paths, tmp_path / "many", progress=False, batch_size=2, workers=1)
+    for a, b in zip(one, many, strict=True):
+        np.testing.assert_array_equal(np.array(Image.open(a["classes"])), np.array(Image.open(b["classes"])))
+    (tmp_path / "bad.png").write_bytes(b"no image")
+    with pytest.raises(BadInputError, match="cannot read image"):
+        predict_files(model, [paths[0], tmp_path / "bad.png"], tmp_path / "bad", progress=False, workers=1)
