@@ -75,7 +75,7 @@ def test_eval_cli_json_and_training_seed_default(mirror, tmp_path):
     assert result["dataset"] == "ade20k" and result["num_images"] == 2
     assert len(result["per_class"]) == 150 and 0 <= result["aAcc"] <= 100
     code, out, _ = cli("eval", "mscan-t", tmp_path / "data", "-q")
-    assert code == 0 and "seed: 1234" in out  # the training log's seed (tests/hub_fixtures.py)
+    assert code == 0 and "seed: 1234" in out  # the training log's seed (tests/helpers/mirror.py)
     code, _, err = cli("eval", "mscan-t", tmp_path, "-q")
     assert code == 2 and err.count("\n") == 1
 

@@ -73,7 +73,7 @@ def test_b_checkpoint_recording_64_settles_the_registry_and_is_used(mirror, tmp_
     expected = evaluate(segnext_hub.load("mscan-b", md_r=64), tmp_path / "data", seed=77, progress=False)
     assert result["iou"] == json.loads(json.dumps(expected.to_dict()))["iou"]
     code, out, _ = cli(hub_cli, "eval", "mscan-b", tmp_path / "data", "-q", "--seed", "3")
-    assert code == 0 and "seed: 3 (--seed)" in out
+    assert code == 0 and "seed: 3 (--seed; rng image)" in out
 
 
 def test_checkpoint_and_log_disagreeing_warn_once_at_pull_and_in_info(mirror):
