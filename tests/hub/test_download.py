@@ -23,7 +23,7 @@ import pytest
 from segnext_hub.errors import BadInputError, DownloadError, OfflineError
 from segnext_hub.hub.download import CHUNK, DownloadResult, download, mirror_url
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MMSEG_PATH = (
     "/download.openmmlab.com/mmsegmentation/v0.5/segnext/"
     "segnext_mscan-t_1x16_512x512_adamw_160k_ade20k/"

@@ -14,7 +14,7 @@ from segnext_hub import datasets as palettes
 from segnext_hub.errors import BadInputError
 from segnext_hub.tasks.visualize import colorize, overlay, save_outputs
 
-MMSEG_DATASETS = Path(__file__).resolve().parents[1] / ".venv-parity/lib/python3.11/site-packages/mmseg/datasets"
+MMSEG_DATASETS = Path(__file__).resolve().parents[2] / ".venv-parity/lib/python3.11/site-packages/mmseg/datasets"
 
 
 def test_dataset_facts():
