@@ -51,7 +51,7 @@ def list_command(cached: bool, as_json: bool) -> None:
 @click.command()
 @click.argument("names", nargs=-1, required=True)
 @click.option("--strict", is_flag=True, help="A file-name hash prefix mismatch is fatal (default: warning).")
-@click.option("--force", is_flag=True, help="Download and convert again even if cached.")
+@click.option("--force", is_flag=True, help="Download and convert again even if cached (offline: convert the kept download again).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @command_options
 def pull(names: tuple[str, ...], strict: bool, force: bool, quiet: bool) -> None:

@@ -188,6 +188,8 @@ def pull(name: str, *, strict: bool = False, progress: Optional[bool] = None, fo
             return PullResult(art.name, folder, False, manifest, [])  # another process finished it
         with use_lock(art.name, shared=False):  # no load reads the files while they change
             _prepare_repair(art.name, folder)
+            if force and not is_offline():  # offline, --force converts the kept download again
+                (folder / "raw" / art.filename).unlink(missing_ok=True)
         _refuse_offline(art)
         return _pull_locked(art, folder, strict=strict, progress=progress)
 

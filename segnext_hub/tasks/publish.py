@@ -263,7 +263,8 @@ def _md_r_section(config: dict[str, Any], artifact: Any, repo: str) -> list[str]
              f"`md_r = {config.get('md_r')}`, from: {source}.", "",
              "No weight depends on it, but outputs do. To run with another rank: "
              f"`segnext_hub.load(\"hf://{repo}\", md_r={other})`."]
-    if artifact is not None and artifact.md_r_settled is False:
+    # Only a value the registry chose is in doubt; one the checkpoint or its log records is settled.
+    if artifact is not None and artifact.md_r_settled is False and source.startswith("registry"):
         lines += ["", "**The sources disagree on this value** (see the source note above); the "
                       "registry's choice is the one the published configs resolve to."]
     return lines + [""]

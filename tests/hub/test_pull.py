@@ -59,6 +59,17 @@ def test_strict_makes_prefix_mismatch_fatal_and_leaves_nothing(mirror):
     assert hub_module.cached_manifest("mscan-t") is None
 
 
+def test_force_downloads_again_online_and_reconverts_the_kept_file_offline(mirror, monkeypatch):
+    art = mirror.serve("mscan-t")
+    segnext_hub.pull("mscan-t", progress=False)
+    assert mirror.gets(art.url) == 1
+    segnext_hub.pull("mscan-t", progress=False, force=True)
+    assert mirror.gets(art.url) == 2
+    monkeypatch.setenv("SEGNEXT_HUB_OFFLINE", "1")
+    result = segnext_hub.pull("mscan-t", progress=False, force=True)
+    assert result.downloaded and mirror.gets(art.url) == 2 and hub_module.cached_manifest("mscan-t")
+
+
 def test_matching_prefix_and_pinned_sha256(mirror, monkeypatch):
     data = checkpoint_bytes(segnext_hub.hub.registry.get_artifact("mscan-t"))
     digest = hashlib.sha256(data).hexdigest()

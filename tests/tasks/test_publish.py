@@ -324,3 +324,17 @@ def test_cli_push_folder_only_then_push(world):
     code, out = cli("push", "--help")
     assert code == 0 and "--folder-only" in out and "hf://ORG/NAME" in out and "HF_TOKEN" in out
 
+
+
+def test_card_flags_md_r_as_disputed_only_while_the_registry_chose_it():
+    """MMSeg B's registry MD_R is unsettled; once the checkpoint records its own, the card
+    states that value and its source without the dispute note."""
+    art = get_artifact("mscan-b")
+    detection = {"variant": "b", "kind": "segmentor", "num_classes": 150, "dataset": "ade20k",
+                 "layout": "mmseg", "md_r": 16, "sources": {"md_r": f"registry: {art.md_r_source}"}}
+    guessed = publish.model_card(make_config(detection, name="mscan-b", artifact=art), REPO, artifact=art)
+    assert "The sources disagree on this value" in guessed
+    detection.update(md_r=64, sources={"md_r": "checkpoint meta.cfg (LightHamHead without MD_R: code default 64)"})
+    recorded = publish.model_card(make_config(detection, name="mscan-b", artifact=art), REPO, artifact=art)
+    assert "The sources disagree on this value" not in recorded
+    assert "`md_r = 64`, from: checkpoint meta.cfg" in recorded
