@@ -191,6 +191,8 @@ def build_from_config(config: dict[str, Any], state: dict[str, torch.Tensor], *,
     check_keys(state, skeleton.expected)
     model = _copy_with_weights(skeleton, _place(state, device, dtype))
     model.segnext_config = dict(config, md_r=rank if not backbone_only else None)
+    if md_r is not None and not backbone_only:
+        model.segnext_config["md_r_source"] = f"user override (md_r={md_r})"
     return model
 
 

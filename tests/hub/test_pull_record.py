@@ -55,7 +55,9 @@ def test_b_checkpoint_recording_64_settles_the_registry_and_is_used(mirror, tmp_
 
     model = segnext_hub.load("mscan-b")
     assert model.decode_head.md_r == 64
-    assert segnext_hub.load("mscan-b", md_r=16).decode_head.md_r == 16  # the user's override wins
+    overridden = segnext_hub.load("mscan-b", md_r=16)  # the user's override wins, and says so
+    assert overridden.decode_head.md_r == 16
+    assert overridden.segnext_config["md_r_source"] == "user override (md_r=16)"
 
     code, out, _ = cli(hub_cli, "info", "mscan-b", "--json")
     info = json.loads(out)
