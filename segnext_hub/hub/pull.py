@@ -92,24 +92,26 @@ def entry_problems(name: str, manifest: dict[str, Any], *, full: bool = False,
     records = file_records(manifest)
     for required in (MODEL_FILE, CONFIG_FILE):
         records.setdefault(required, {"size": None, "sha256": None})
-    problems = []
-    for rel, rec in records.items():
-        if only is not None and rel not in only:
-            continue
-        path = folder / rel
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            problems.append(f"{rel} is missing")
-            continue
-        except OSError as err:
-            problems.append(f"{rel} cannot be read ({err.strerror})")
-            continue
-        if rec.get("size") is not None and size != rec["size"]:
-            problems.append(f"{rel} has {size} bytes, the manifest records {rec['size']}")
-        elif full and rec.get("sha256") and sha256_file(path) != rec["sha256"]:
-            problems.append(f"{rel} does not match its recorded sha256 (corrupted or modified)")
-    return problems
+    checked = (_file_problem(folder, rel, rec, full=full) for rel, rec in records.items()
+               if only is None or rel in only)
+    return [problem for problem in checked if problem]
+
+
+def _file_problem(folder: Path, rel: str, rec: dict[str, Any], *, full: bool) -> Optional[str]:
+    """What is wrong with one recorded file (missing, wrong size, or with ``full`` a wrong
+    sha256; the hash only when the size is right), or None."""
+    path = folder / rel
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return f"{rel} is missing"
+    except OSError as err:
+        return f"{rel} cannot be read ({err.strerror})"
+    if rec.get("size") is not None and size != rec["size"]:
+        return f"{rel} has {size} bytes, the manifest records {rec['size']}"
+    if full and rec.get("sha256") and sha256_file(path) != rec["sha256"]:
+        return f"{rel} does not match its recorded sha256 (corrupted or modified)"
+    return None
 
 
 def cached_manifest(name: str, only: Optional[tuple[str, ...]] = None) -> Optional[dict[str, Any]]:
@@ -147,12 +149,8 @@ def _prepare_repair(name: str, folder: Path) -> None:
         manifest = {}
     (folder / MANIFEST).unlink(missing_ok=True)
     for rel, rec in file_records(manifest).items():
-        path = folder / rel
-        if not path.is_file():
-            continue
-        if ((rec.get("size") is not None and path.stat().st_size != rec["size"])
-                or (rec.get("sha256") and sha256_file(path) != rec["sha256"])):
-            path.unlink()
+        if (folder / rel).is_file() and _file_problem(folder, rel, rec, full=True):
+            (folder / rel).unlink()
 
 
 def _check_hash(art: Artifact, measured: str, strict: bool) -> tuple[str, Optional[str]]:
@@ -187,9 +185,9 @@ def pull(name: str, *, strict: bool = False, progress: Optional[bool] = None, fo
         if not force and (manifest := _usable(art.name)) is not None:
             return PullResult(art.name, folder, False, manifest, [])  # another process finished it
         with use_lock(art.name, shared=False):  # no load reads the files while they change
-            _prepare_repair(art.name, folder)
             if force and not is_offline():  # offline, --force converts the kept download again
-                (folder / "raw" / art.filename).unlink(missing_ok=True)
+                (folder / "raw" / art.filename).unlink(missing_ok=True)  # before repair would hash it
+            _prepare_repair(art.name, folder)
         _refuse_offline(art)
         return _pull_locked(art, folder, strict=strict, progress=progress)
 
