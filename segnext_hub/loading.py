@@ -36,6 +36,7 @@ from .hub.hf import download_repo
 from .hub.pull import cached_manifest, pull
 from .hub.names import Source, resolve  # noqa: F401 - part of this module's API
 from .models import create_model
+from .models.fused import fuse
 
 
 # How a clone gets each attribute of a skeleton module: immutable values are shared (no
@@ -271,8 +272,9 @@ def read_cached(name: str, *, progress: Optional[bool] = None) -> tuple[dict[str
 
     Maps the weights under the artifact's shared use lock, so ``rm`` or a repairing pull
     waits until the mapping exists (a file removed or replaced after that stays readable
-    through the mapping: both replace files by rename, never in place); the sizes of config.json and model.safetensors are checked
-    against the manifest first (a stat each) and a damaged entry names the repair command.
+    through the mapping: both replace files by rename, never in place); the sizes of
+    config.json and model.safetensors are checked against the manifest first (a stat each)
+    and a damaged entry names the repair command.
     """
     for attempt in range(2):
         with use_lock(name):
@@ -322,8 +324,6 @@ def load(name_or_path: Union[str, Path], *, device: Union[str, torch.device] = "
     model = _load_exact(name_or_path, device=device, dtype=dtype, md_r=md_r, progress=progress)
     if not fast:
         return model
-    from .models.fused.model import fuse
-
     fused = fuse(model)
     fused.segnext_config = model.segnext_config
     return fused

@@ -90,13 +90,6 @@ def config_from_metadata(meta: Mapping[str, str]) -> Optional[dict[str, Any]]:
     return config
 
 
-def recorded_md_r(meta: Mapping[str, str]) -> tuple[Optional[int], Optional[str]]:
-    """A segnext-hub safetensors keeps its MD_R in the header; keep it rather than guess."""
-    if meta.get("architecture") != "segnext" or not str(meta.get("md_r", "")).isdigit():
-        return None, None
-    source = meta.get("md_r_source") or "unknown"
-    return int(meta["md_r"]), f"safetensors metadata: {source}"
-
 
 def read_config(path: Path) -> dict[str, Any]:
     """A config.json as a dict; a damaged or foreign file is one clear error."""

@@ -29,7 +29,6 @@ from ..hub.config import (
     REPO_FILES,
     make_config,
     read_config,
-    recorded_md_r,
 )
 from ..hub.hf import _hub_errors, _offline_reason, check_repo_id, hub_endpoint
 from ..hub.pull import pull
@@ -84,11 +83,9 @@ def _stage_registry(name: str, staging: Path) -> _Staged:
 
 def _stage_file(path: Path, staging: Path) -> _Staged:
     """Convert with verification on: nothing unverified is ever published."""
-    checkpoint = read_checkpoint(path)
-    md_r, md_r_source = recorded_md_r(checkpoint.metadata or {})
-    conversion = convert_checkpoint(checkpoint, md_r=md_r, md_r_source=md_r_source, verify=True)
+    conversion = convert_checkpoint(read_checkpoint(path), verify=True)  # reads the file's own record
     model_sha = write_output(conversion, staging / MODEL_FILE)
-    config = make_config(conversion.detection.to_dict(), name=path.stem)
+    config = make_config(conversion.detection.to_dict(), name=path.stem, record=conversion.report.record)
     (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
     return _Staged(config, conversion=conversion.report.to_dict(), model_sha256=model_sha)
 

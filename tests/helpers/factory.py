@@ -91,10 +91,10 @@ def config_text(variant: str = "t", *, num_classes: int = 150, md_r: Optional[in
         f"        norm_cfg=dict(type='GN', num_groups=32, requires_grad=True),\n"
         f"        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),\n"
         + (ham or head_end) +
-        f"    train_cfg=dict(),\n"
-        f"    test_cfg=dict(mode='whole'))\n"
-        f"dataset_type = 'ADE20KDataset'\n"
-        f"optimizer = dict(type='AdamW', lr=6e-05, betas=(0.9, 0.999), weight_decay=0.01)\n"
+        "    train_cfg=dict(),\n"
+        "    test_cfg=dict(mode='whole'))\n"
+        "dataset_type = 'ADE20KDataset'\n"
+        "optimizer = dict(type='AdamW', lr=6e-05, betas=(0.9, 0.999), weight_decay=0.01)\n"
     )
     if engine:
         text += "default_scope = 'mmseg'\nlauncher = 'pytorch'\nwork_dir = './work_dirs/segnext'\n"

@@ -150,6 +150,8 @@ def test_export_of_a_local_checkpoint_converts_and_verifies(world):
     schema = make_config({"variant": "t", "kind": "segmentor", "num_classes": 150, "md_r": 16, "sources": {},
                           "dataset": "ade20k", "layout": "official"}, name="x", artifact=world.art)
     assert config.keys() == schema.keys()
+    # The file's own record travels into the export, as into a pull's config.json.
+    assert (config["training_seed"], config["training_seed_source"]) == (0, "checkpoint meta.seed")
     assert (config["name"], config["source_layout"], config["md_r"], config["dataset"]) == \
         ("my_segnext", "official", 16, "ade20k")
     card = (out / "README.md").read_text()
