@@ -303,10 +303,6 @@ class _EvalImages(torch.utils.data.Dataset):
         return _Item(index, label, image=image)
 
 
-def _as_list(items: list) -> list:
-    return items
-
-
 def evaluate(
     model: Any,
     data_dir: PathLike,
@@ -370,7 +366,7 @@ def evaluate(
     resize = not aug_test and hasattr(model, "predict_resized")
     loader = torch.utils.data.DataLoader(
         _EvalImages(samples, shard(len(samples), world), layout.reduce_zero_label, test_scale, resize),
-        batch_size=batch_size, num_workers=workers, collate_fn=_as_list, shuffle=False,
+        batch_size=batch_size, num_workers=workers, collate_fn=list, shuffle=False,
         generator=torch.Generator().manual_seed(0))  # its own: iterating must not consume the global RNG
     steps = math.ceil(math.ceil(len(samples) / world.size) / batch_size)  # the same on every rank
     areas = np.zeros((len(samples), len(IoUAccumulator.KINDS), num_classes), dtype=np.int64)

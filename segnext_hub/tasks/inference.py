@@ -78,10 +78,6 @@ class _ImageFiles(torch.utils.data.Dataset):
         return index, rgb, resize_for_test(rgb, self.scale)
 
 
-def _as_list(items: list) -> list:
-    return items
-
-
 def iter_predictions(
     model: Any,
     paths: Sequence[Path],
@@ -102,7 +98,7 @@ def iter_predictions(
     settings = dict(settings)
     scale = settings.pop("scale", (2048, 512))  # predict()'s default resize
     loader = torch.utils.data.DataLoader(_ImageFiles(paths, scale), batch_size=batch_size, num_workers=workers,
-                                         collate_fn=_as_list, generator=torch.Generator().manual_seed(0))
+                                         collate_fn=list, generator=torch.Generator().manual_seed(0))
     for batch in loader:
         for _, _, resized in batch:
             if isinstance(resized, str):
