@@ -88,13 +88,14 @@ class NMF2D(nn.Module):
         x = x.view(b * self.groups, dim, h * w)
         if bases is None:
             bases = self.draw_bases(b, dim, x.device, x.dtype, generator)
-        with torch.no_grad():
-            coef = torch.bmm(x.transpose(1, 2), bases)
-            coef = F.softmax(coef, dim=-1)  # upstream's inv_t is overridden to 1
-            for _ in range(self.train_steps if self.training else self.steps):
-                coef = self._update_coef(x, bases, coef)
-                bases = self._update_bases(x, bases, coef)
+        # No no_grad here: MMSeg 1.2.2 back-propagates through every update (the official
+        # repo's one-step gradient does not), and training matches MMSeg.
+        coef = torch.bmm(x.transpose(1, 2), bases)
+        coef = F.softmax(coef, dim=-1)  # upstream's inv_t is overridden to 1
+        for _ in range(self.train_steps if self.training else self.steps):
             coef = self._update_coef(x, bases, coef)
+            bases = self._update_bases(x, bases, coef)
+        coef = self._update_coef(x, bases, coef)
         x = torch.bmm(bases, coef.transpose(1, 2))
         return x.view(b, c, h, w)
 

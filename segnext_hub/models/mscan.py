@@ -109,7 +109,13 @@ class Mlp(nn.Module):
 
 
 class DropPath(nn.Module):
-    """Stochastic depth for training; the identity in eval mode."""
+    """Stochastic depth for training; the identity in eval mode.
+
+    Draws and scales exactly as mmcv's ``drop_path`` (which MMSeg's MSCAN uses): one
+    ``torch.rand`` per sample in the input's dtype, ``floor(keep + u)`` as the mask and
+    ``x / keep * mask``, so a seeded training step consumes the global RNG the way MMSeg
+    does and gives the same numbers.
+    """
 
     def __init__(self, p: float) -> None:
         super().__init__()
@@ -118,9 +124,9 @@ class DropPath(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
+        keep = 1 - self.p
+        mask = (keep + torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device)).floor()
+        return x.div(keep) * mask
 
 
 class MSCABlock(nn.Module):
@@ -162,7 +168,9 @@ class MSCAN(nn.Module):
         self.depths = tuple(depths)
         self.num_stages = len(depths)
         total = sum(depths)
-        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        # float32 linspace, as MMSeg computes the rates: the keep probabilities then match
+        # bit for bit (an explicit CPU device: the model may be built under a meta device).
+        rates = [r.item() for r in torch.linspace(0, drop_path_rate, total, device="cpu")]
         cursor = 0
         for i in range(self.num_stages):
             if i == 0:
