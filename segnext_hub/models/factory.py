@@ -7,6 +7,7 @@ from typing import Optional, Union
 from torch import nn
 
 from .ham_head import LightHamHead
+from .init import init_backbone_, init_head_
 from .mscan import MSCAN
 from .segnext import SegNeXt
 from .variants import Variant, get_variant
@@ -24,7 +25,7 @@ def create_model(
     md_r: Optional[int] = None,
     backbone_only: bool = False,
 ) -> nn.Module:
-    """A randomly initialised SegNeXt of the given size, in eval mode.
+    """A new SegNeXt of the given size, initialised as MMSeg initialises one, in eval mode.
 
     ``md_r=None`` uses the variant's default NMF rank (the official repo's: T/S 16,
     B/L 64); pass an int to match weights trained with another (MMSeg 1.x configs: 16).
@@ -35,7 +36,7 @@ def create_model(
         raise ValueError(f"md_r must be a positive integer, got {md_r!r}")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    backbone = build_backbone(spec)
+    backbone = init_backbone_(build_backbone(spec))
     if backbone_only:
         return backbone.eval()
     head = LightHamHead(
@@ -45,4 +46,4 @@ def create_model(
         num_classes=num_classes,
         md_r=spec.md_r if md_r is None else md_r,
     )
-    return SegNeXt(backbone, head).eval()
+    return SegNeXt(backbone, init_head_(head)).eval()
