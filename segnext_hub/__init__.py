@@ -20,15 +20,15 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time these resolve lazil
     from .conversion.converter import convert
     from .hub.pull import pull
     from .hub.registry import list_models
-    from .loading import load
-    from .models import SegNeXt, create_model, get_variant
+    from .loading import create_model, load
+    from .models import SegNeXt, get_variant
 
 _PUBLIC = {
     "load": "segnext_hub.loading",
     "pull": "segnext_hub.hub.pull",
     "convert": "segnext_hub.conversion.converter",
     "list_models": "segnext_hub.hub.registry",
-    "create_model": "segnext_hub.models",
+    "create_model": "segnext_hub.loading",
     "get_variant": "segnext_hub.models",
     "SegNeXt": "segnext_hub.models",
 }

@@ -1,4 +1,5 @@
-"""``load``: one call from a name, a file or a Hub repo to an eval-mode model.
+"""``load``: one call from a name, a file or a Hub repo to an eval-mode model; and
+``create_model``: a new model, its backbone optionally from an ImageNet artifact.
 
 ``resolve`` is the one rule that tells a registry name from a path from an ``hf://`` repo;
 every command and function that takes "a name or a path" goes through it.
@@ -16,6 +17,7 @@ import collections
 import copy
 import functools
 import json
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +37,11 @@ from .hub.config import CONFIG_FILE, MODEL_FILE, config_from_metadata, make_conf
 from .hub.hf import download_repo
 from .hub.pull import cached_manifest, pull
 from .hub.names import Source, resolve  # noqa: F401 - part of this module's API
-from .models import create_model
+from .models import get_variant
+from .models.factory import create_model as build_model
 from .models.fused import fuse
+
+logger = logging.getLogger(__name__)
 
 
 # How a clone gets each attribute of a skeleton module: immutable values are shared (no
@@ -94,7 +99,7 @@ def _meta_skeleton(variant: str, num_classes: int, md_r: Optional[int], backbone
     of ~900 ``__init__`` calls, ~0.3 s for L); it is built once per (variant, classes,
     MD_R, kind) on the meta device, and every load stamps out a copy of it."""
     with torch.device("meta"):
-        template = create_model(variant, num_classes=num_classes, md_r=md_r, backbone_only=backbone_only)
+        template = build_model(variant, num_classes=num_classes, md_r=md_r, backbone_only=backbone_only)
     return _plan(template)
 
 
@@ -311,22 +316,93 @@ def load_file_path(path: Path, **kwargs: Any) -> nn.Module:
 
 
 def load(name_or_path: Union[str, Path], *, device: Union[str, torch.device] = "cpu",
-         dtype: Optional[torch.dtype] = None, md_r: Optional[int] = None,
+         dtype: Optional[torch.dtype] = None, md_r: Optional[int] = None, num_classes: Optional[int] = None,
          progress: Optional[bool] = None, fast: bool = False) -> nn.Module:
     """An eval-mode SegNeXt (or MSCAN for backbone artifacts) ready for inference.
 
     ``name_or_path``: a registry name (pulled into the cache if needed, see
     ``segnext-hub list``), a local ``.safetensors``/``.pth``/``.pkl`` (converted on the fly
     when in another layout), a cache folder, or ``hf://org/repo``. ``md_r`` overrides the
-    NMF rank recorded with the weights. ``fast=True`` returns the fused inference-only
-    model (folded norms, fused kernels; equal up to rounding, see README "Fast inference").
+    NMF rank recorded with the weights. ``num_classes`` starts a fine-tuning run: every
+    weight from the artifact, and a new ``conv_seg`` (MMSeg's initialisation: normal, std
+    0.01, bias 0, from the global RNG) when it differs from the artifact's classes; call
+    ``.train()`` on the result. ``fast=True`` returns the fused inference-only model
+    (folded norms, fused kernels; equal up to rounding, see README "Fast inference").
     """
     model = _load_exact(name_or_path, device=device, dtype=dtype, md_r=md_r, progress=progress)
+    if num_classes is not None:
+        _use_classes(model, num_classes, name_or_path)
     if not fast:
         return model
     fused = fuse(model)
     fused.segnext_config = model.segnext_config
     return fused
+
+
+def _check_num_classes(num_classes: Any) -> int:
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise BadInputError(f"num_classes must be a positive integer, got {num_classes!r}")
+    return num_classes
+
+
+def _use_classes(model: nn.Module, num_classes: int, source: Union[str, Path]) -> None:
+    """Give a loaded segmentor ``num_classes`` outputs (a new classifier if that differs)."""
+    config = model.segnext_config
+    if config.get("kind") == "backbone":
+        raise BadInputError(
+            f"{source} is an ImageNet backbone, with no decode head to give {num_classes} classes; use "
+            f"create_model({config['variant']!r}, num_classes={num_classes}, pretrained_backbone={str(source)!r})")
+    _check_num_classes(num_classes)
+    if num_classes == model.num_classes:
+        return
+    model.replace_classifier(num_classes)
+    # The artifact's label space no longer describes the outputs.
+    config.update(num_classes=num_classes, dataset=None, classes=None, palette=None,
+                  training_seed=None, training_seed_source=None,
+                  new_weights=["decode_head.conv_seg.weight", "decode_head.conv_seg.bias"])
+
+
+def create_model(variant: str, *, num_classes: int = 150, md_r: Optional[int] = None,
+                 backbone_only: bool = False, pretrained_backbone: Union[str, Path, None] = None,
+                 progress: Optional[bool] = None) -> nn.Module:
+    """A new SegNeXt (or MSCAN), initialised as MMSeg initialises one, in eval mode.
+
+    ``pretrained_backbone`` (a registry name such as ``mscan-b-in1k``, a path in any
+    layout ``segnext-convert`` reads, or ``hf://org/repo``) fills the MSCAN, as MMSeg's
+    ``init_cfg=Pretrained`` does but strictly: the artifact must be of the same variant and
+    every backbone tensor is used (a segmentor artifact gives its backbone). The head
+    stays newly initialised; its tensor names are listed in
+    ``model.segnext_config["new_weights"]`` (and logged at INFO). ``md_r=None`` is the
+    variant's default rank; MMSeg's 1.x configs train every size with 16.
+    """
+    spec = get_variant(variant)
+    model = build_model(spec, num_classes=_check_num_classes(num_classes), md_r=md_r, backbone_only=backbone_only)
+    config: dict[str, Any] = {
+        "architecture": "segnext", "name": None, "variant": spec.name,
+        "kind": "backbone" if backbone_only else "segmentor",
+        "num_classes": None if backbone_only else num_classes,
+        "md_r": None if backbone_only else model.decode_head.md_r,
+        "md_r_source": None if backbone_only else (
+            f"create_model(md_r={md_r})" if md_r is not None else "create_model default (the variant's)"),
+        "dataset": None, "pretrained_backbone": None,
+        "new_weights": list(model.state_dict()),
+    }
+    model.segnext_config = config
+    if pretrained_backbone is None:
+        return model
+    source = _load_exact(pretrained_backbone, device="cpu", dtype=None, md_r=None, progress=progress)
+    found = source.segnext_config
+    if found["variant"] != spec.name:
+        raise BadInputError(f"{pretrained_backbone} holds SegNeXt-{found['variant'].upper()} weights "
+                            f"({found['kind']}); create_model was asked for SegNeXt-{spec.name.upper()}")
+    weights = source if found["kind"] == "backbone" else source.backbone
+    target = model if backbone_only else model.backbone
+    target.load_state_dict(weights.state_dict(), strict=True)  # same variant: every key, every shape
+    config.update(pretrained_backbone=str(pretrained_backbone),
+                  new_weights=[] if backbone_only else [f"decode_head.{k}" for k in model.decode_head.state_dict()])
+    if config["new_weights"]:
+        logger.info("backbone from %s; newly initialised: %s", pretrained_backbone, ", ".join(config["new_weights"]))
+    return model
 
 
 def _load_exact(name_or_path: Union[str, Path], *, device: Union[str, torch.device], dtype: Optional[torch.dtype],
