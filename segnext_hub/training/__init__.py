@@ -8,3 +8,8 @@ reads back and a run resumes from (:mod:`.checkpoint`), and the train-time data 
 May import ``models``, ``conversion``, ``hub``, ``loading`` and the root helpers; ``tasks``
 and ``cli`` may import it.
 """
+
+from .checkpoint import resume_checkpoint, save_checkpoint
+from .optim import CUSTOM_KEYS, WarmupPolyLR, param_groups, poly_schedule
+
+__all__ = ["CUSTOM_KEYS", "WarmupPolyLR", "param_groups", "poly_schedule", "resume_checkpoint", "save_checkpoint"]
