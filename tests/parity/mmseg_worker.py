@@ -57,6 +57,61 @@ def build_model(cfg: Config):
     return MODELS.build(cfg.model)
 
 
+def train_step(cfg: Config, job: dict) -> dict:
+    """One training iteration as MMSeg's runner does it: model.loss on a batch, the summed
+    losses backwards, then one step of the config's optimiser wrapper (paramwise_cfg
+    included) at its base lr (the schedule is checked on its own)."""
+    import mmengine.optim.optimizer.default_constructor as constructor
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    # The constructor probes mmcv._ext (for DCN lr multipliers) and chokes on the stand-in
+    # module above; mmcv-lite has no compiled ops, which is the answer the probe wants.
+    constructor.mmcv_full_available = lambda: False
+    model = build_model(cfg)
+    model.load_state_dict(torch.load(job["weights"]), strict=True)
+    model.train()
+    images, labels = torch.load(job["train_step"]["batch"])
+    samples = []
+    for label in labels:
+        sample = SegDataSample()
+        sample.gt_sem_seg = PixelData(data=label[None])
+        samples.append(sample)
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = {names[id(p)]: (g["lr"], g["weight_decay"]) for g in wrapper.optimizer.param_groups for p in g["params"]}
+    torch.manual_seed(job["train_step"]["seed"])
+    losses = model.loss(images, samples)
+    loss, _ = model.parse_losses(losses)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    wrapper.step()
+    return {"loss": loss.detach(), "loss_keys": sorted(losses), "grads": grads, "groups": groups,
+            "params": {n: p.detach().clone() for n, p in model.named_parameters()},
+            "buffers": {n: b.clone() for n, b in model.named_buffers() if not n.startswith("data_preprocessor.")},
+            "rng_after": torch.rand(4)}
+
+
+def schedule(cfg: Config, spec: dict) -> "torch.Tensor":
+    """The lr of two groups (base lr and the head's x10) at every iteration of the config's
+    param_scheduler, built and stepped as MMSeg's runner steps it (after each iteration)."""
+    from mmengine.optim import OptimWrapper
+    from mmseg.registry import PARAM_SCHEDULERS
+
+    base = cfg.optim_wrapper.optimizer.lr
+    params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+    optimizer = torch.optim.AdamW([{"params": [params[0]]}, {"params": [params[1]], "lr": base * 10.0}], lr=base)
+    wrapper = OptimWrapper(optimizer)
+    schedulers = [PARAM_SCHEDULERS.build(dict(c, optimizer=wrapper)) for c in cfg.param_scheduler]
+    lrs = torch.empty(spec["iters"], 2, dtype=torch.float64)
+    for i in range(spec["iters"]):
+        lrs[i, 0], lrs[i, 1] = optimizer.param_groups[0]["lr"], optimizer.param_groups[1]["lr"]
+        for scheduler in schedulers:
+            scheduler.step()
+    return lrs
+
+
 def main() -> None:
     job = json.load(open(sys.argv[1]))
     torch.set_num_threads(job.get("threads", torch.get_num_threads()))
@@ -116,6 +171,16 @@ def main() -> None:
             torch.manual_seed(job.get("seed", 0))
             with torch.no_grad():
                 out["logits"] = model(torch.load(spec["input"]), mode="tensor")
+    if job.get("train_step"):
+        out["train_step"] = train_step(cfg, job)
+    if job.get("schedule"):
+        out["schedule"] = schedule(cfg, job["schedule"])
+    if job.get("cross_entropy"):
+        from mmseg.models.losses import CrossEntropyLoss
+
+        logits, labels = torch.load(job["cross_entropy"])
+        out["cross_entropy"] = {flag: CrossEntropyLoss(avg_non_ignore=flag)(logits, labels, ignore_index=255)
+                                for flag in (False, True)}
     if job.get("keys"):
         model = build_model(cfg)
         out["keys"] = {k: (tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items()}
