@@ -6,7 +6,7 @@ The public API: ``load``, ``create_model``, ``list_models``, ``pull``, ``convert
 the objects handed out are the real functions, with their real signatures and docstrings.
 
 Data flows one way through the subpackages: ``models`` <- ``conversion`` <- ``hub`` <-
-``loading`` <- ``tasks`` <- ``cli``.
+``loading`` <- ``training`` <- ``tasks`` <- ``cli``.
 """
 
 from __future__ import annotations

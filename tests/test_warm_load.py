@@ -207,3 +207,17 @@ def test_a_tensor_outside_the_state_dict_is_refused_at_plan_time():
 
     with torch.device("meta"), pytest.raises(RuntimeError, match="outside the state dict"):
         _plan(Hidden())
+
+
+def test_a_load_imports_no_compiler(cached_t):
+    """Initialising a meta skeleton would import torch._dynamo (seconds, and stdlib modules a
+    restricted user may not read); the skeleton skips initialisation instead."""
+    import subprocess
+    import sys
+
+    folder, _ = cached_t
+    code = ("import sys, segnext_hub; segnext_hub.load(sys.argv[1]); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"

@@ -27,9 +27,17 @@ from .mscan import MSCAN
 CLASSIFIER_STD = 0.01
 
 
+def _on_meta(module: nn.Module) -> bool:
+    """A skeleton built on the meta device (``load``'s) has no values to fill, and
+    ``normal_`` on meta tensors imports torch._dynamo (seconds) for nothing."""
+    return any(p.is_meta for p in module.parameters())
+
+
 @torch.no_grad()
 def init_backbone_(backbone: MSCAN) -> MSCAN:
     """MSCAN's own initialisation, as when MMSeg builds it with no ``init_cfg``."""
+    if _on_meta(backbone):
+        return backbone
     for module in backbone.modules():
         if isinstance(module, nn.Linear):
             nn.init.trunc_normal_(module.weight, std=0.02)  # mmengine truncates at +-2 (absolute)
@@ -47,6 +55,8 @@ def init_backbone_(backbone: MSCAN) -> MSCAN:
 @torch.no_grad()
 def init_head_(head: LightHamHead) -> LightHamHead:
     """The decode head's initialisation: ConvModule convs and norms, then the classifier."""
+    if _on_meta(head):
+        return head
     for module in head.modules():
         if isinstance(module, ConvGNAct):
             nn.init.kaiming_normal_(module.conv.weight, a=0, mode="fan_out", nonlinearity="relu")
@@ -60,6 +70,8 @@ def init_head_(head: LightHamHead) -> LightHamHead:
 
 @torch.no_grad()
 def init_classifier_(conv_seg: nn.Conv2d) -> nn.Conv2d:
+    if _on_meta(conv_seg):
+        return conv_seg
     nn.init.normal_(conv_seg.weight, 0.0, CLASSIFIER_STD)
     _zero_bias(conv_seg)
     return conv_seg

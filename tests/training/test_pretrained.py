@@ -141,3 +141,18 @@ def test_create_model_initialises_as_mmseg(one_torch_thread):
     assert abs(squeeze.weight.std().item() / (2 / 256) ** 0.5 - 1) < 0.05
     assert torch.equal(model.decode_head.squeeze.gn.weight, torch.ones(256))
     assert 0.0085 < model.decode_head.conv_seg.weight.std().item() < 0.0115
+
+
+def test_a_loaded_model_trains_like_a_built_one(t_file, t_state, one_torch_thread):
+    """load() stamps models out of a meta skeleton; in training they must be the module
+    create_model builds (drop path rates, dropout, NMF steps), draw for draw."""
+    built = segnext_hub.create_model("t", num_classes=150, md_r=16)
+    built.load_state_dict(t_state)
+    results = []
+    for model in (segnext_hub.load(t_file), built):
+        model.train()
+        torch.manual_seed(11)
+        loss = model.loss(torch.ones(2, 3, 32, 32), torch.zeros(2, 32, 32, dtype=torch.long))
+        loss.backward()
+        results.append((loss.detach(), model.backbone.block4[1].mlp.fc1.weight.grad.clone(), torch.rand(3)))
+    assert all(torch.equal(a, b) for a, b in zip(*results))
