@@ -37,7 +37,7 @@ from .hub.config import CONFIG_FILE, MODEL_FILE, config_from_metadata, make_conf
 from .hub.hf import download_repo
 from .hub.pull import cached_manifest, pull
 from .hub.names import Source, resolve  # noqa: F401 - part of this module's API
-from .models import get_variant
+from .models import Variant, get_variant
 from .models.factory import create_model as build_model
 from .models.fused import fuse
 
@@ -362,7 +362,7 @@ def _use_classes(model: nn.Module, num_classes: int, source: Union[str, Path]) -
                   new_weights=["decode_head.conv_seg.weight", "decode_head.conv_seg.bias"])
 
 
-def create_model(variant: str, *, num_classes: int = 150, md_r: Optional[int] = None,
+def create_model(variant: Union[str, Variant], *, num_classes: int = 150, md_r: Optional[int] = None,
                  backbone_only: bool = False, pretrained_backbone: Union[str, Path, None] = None,
                  progress: Optional[bool] = None) -> nn.Module:
     """A new SegNeXt (or MSCAN), initialised as MMSeg initialises one, in eval mode.
@@ -375,7 +375,7 @@ def create_model(variant: str, *, num_classes: int = 150, md_r: Optional[int] = 
     ``model.segnext_config["new_weights"]`` (and logged at INFO). ``md_r=None`` is the
     variant's default rank; MMSeg's 1.x configs train every size with 16.
     """
-    spec = get_variant(variant)
+    spec = variant if isinstance(variant, Variant) else get_variant(variant)
     model = build_model(spec, num_classes=_check_num_classes(num_classes), md_r=md_r, backbone_only=backbone_only)
     config: dict[str, Any] = {
         "architecture": "segnext", "name": None, "variant": spec.name,
