@@ -62,11 +62,18 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                    help="autocast dtype on CUDA (fp16 adds a GradScaler); the CPU trains in fp32")
     p.add_argument("--seed", type=int, default=0, help="model init, dropout/drop path/NMF, samples")
     args = p.parse_args(argv)
-    for name in ("iters", "batch_size", "save_every", "crop_size"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.workers < 0 or (args.warmup is not None and not 0 <= args.warmup < args.iters):
-        p.error("--workers must be >= 0 and --warmup within [0, --iters)")
+    for name, least in (("iters", 2), ("batch_size", 1), ("save_every", 1), ("crop_size", 1), ("workers", 0)):
+        if getattr(args, name) < least:
+            p.error(f"--{name.replace('_', '-')} must be at least {least}")
+    if args.warmup is None:  # the schedule takes 0 or 2 .. iters - 2 warm-up iterations
+        args.warmup = min(1500, args.iters // 10) if args.iters >= 20 else 0
+    elif not (args.warmup == 0 or 2 <= args.warmup <= args.iters - 2):
+        p.error("--warmup must be 0 or between 2 and --iters - 2")
+    if args.backbone is not None:
+        try:
+            segnext_hub.get_variant(args.model)
+        except ValueError:
+            p.error(f"--model must be a variant (t, s, b, l) with --backbone, got {args.model!r}")
     last = args.out / "last.safetensors"
     if args.resume and not last.is_file():
         p.error(f"--resume: {last} does not exist")
@@ -95,8 +102,7 @@ def train(args: argparse.Namespace) -> None:
     model.to(device).train()
     optimizer = torch.optim.AdamW(param_groups(model, lr=args.lr, weight_decay=0.01),
                                   lr=args.lr, betas=(0.9, 0.999), weight_decay=0.01)
-    warmup = args.warmup if args.warmup is not None else min(1500, args.iters // 10)
-    scheduler = poly_schedule(optimizer, total_iters=args.iters, warmup_iters=warmup)
+    scheduler = poly_schedule(optimizer, total_iters=args.iters, warmup_iters=args.warmup)
     start = resume_checkpoint(last, model, optimizer, scheduler)["iteration"] if args.resume else 0
 
     autocast = device.type == "cuda" and args.precision != "fp32"
@@ -104,7 +110,8 @@ def train(args: argparse.Namespace) -> None:
     scaler = torch.amp.GradScaler(enabled=autocast and dtype == torch.float16)
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers, drop_last=True,
                         sampler=InfiniteSampler(len(dataset), seed=args.seed, start=start * args.batch_size),
-                        pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
+                        pin_memory=device.type == "cuda", persistent_workers=args.workers > 0,
+                        generator=torch.Generator().manual_seed(args.seed))  # leaves the global RNG alone
     args.out.mkdir(parents=True, exist_ok=True)
     bar = progress_bar(args.iters, "fine-tuning", initial=start)
     with open(args.out / "log.jsonl", "a", encoding="utf-8") as log:
@@ -118,8 +125,9 @@ def train(args: argparse.Namespace) -> None:
             scaler.update()
             lr = min(group["lr"] for group in optimizer.param_groups)  # the base lr (the head's is x10)
             scheduler.step()
-            log.write(json.dumps({"iteration": iteration, "loss": loss.item(), "lr": lr}) + "\n")
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)
+            value = loss.item()
+            log.write(json.dumps({"iteration": iteration, "loss": value, "lr": lr}) + "\n")
+            bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", refresh=False)
             bar.update()
             if iteration % args.save_every == 0 or iteration == args.iters:
                 log.flush()

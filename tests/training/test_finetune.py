@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 import segnext_hub
+from segnext_hub.training.checkpoint import save_checkpoint
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "finetune.py"
 COLOURS = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200]], np.uint8)
@@ -49,8 +50,9 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def run(finetune, dataset: Path, out: Path, *extra: str, iters: int = 8, lr: str = "6e-5") -> int:
-    return finetune.main([str(dataset), "--model", "t", "--backbone", "none", "--classes",
+def run(finetune, dataset: Path, out: Path, *extra: str, iters: int = 8, lr: str = "6e-5",
+        start: tuple[str, ...] = ("--model", "t", "--backbone", "none")) -> int:
+    return finetune.main([str(dataset), *start, "--classes",
                           str(dataset / "classes.txt"), "--iters", str(iters), "--batch-size", "2",
                           "--lr", lr, "--crop-size", "64", "--out", str(out), "--workers", "0",
                           "--device", "cpu", "--seed", "3", *extra])
@@ -98,12 +100,32 @@ def test_resume_continues_the_schedule_and_the_counter(finetune, dataset: Path, 
     assert [entry["iteration"] for entry in resumed] == list(range(1, 9))
     assert [entry["lr"] for entry in resumed] == [entry["lr"] for entry in reference]
     lrs = [entry["lr"] for entry in reference]
-    assert lrs[0] < lrs[1] < lrs[2] and lrs[2] > lrs[-1] > 0  # warm-up, then decay
+    assert lrs[0] < lrs[1] == lrs[2] > lrs[-2] > lrs[-1] == 0  # warm-up, then poly decay to 0
+    # Same samples, same weights and moments, same RNG state (drop path, dropout, NMF bases):
+    # the resumed iterations compute the very same losses.
+    assert [entry["loss"] for entry in resumed] == [entry["loss"] for entry in reference]
 
 
-def test_saved_file_loads_with_its_classes_and_predicts(finetune, dataset: Path, tmp_path: Path):
-    assert run(finetune, dataset, tmp_path / "run", "--save-every", "3", iters=4) == 0
+@pytest.mark.parametrize("start", ["segmentor", "backbone"])
+def test_starts_from_an_artifact_and_saves_a_file_that_loads_and_predicts(finetune, dataset: Path, tmp_path: Path,
+                                                                          start: str):
+    """--model FILE (a 150-class segmentor: new 3-class classifier) or --model t --backbone FILE."""
+    torch.manual_seed(0)
+    source = segnext_hub.create_model("t", num_classes=150, backbone_only=start == "backbone")
+    artifact = save_checkpoint(tmp_path / f"{start}.safetensors", source)
+    start_args = ("--model", str(artifact)) if start == "segmentor" else ("--model", "t", "--backbone", str(artifact))
+    # A vanishing lr: the trained weights must still be the artifact's.
+    assert run(finetune, dataset, tmp_path / "run", "--save-every", "3", iters=4, lr="1e-20", start=start_args) == 0
+
     model = segnext_hub.load(tmp_path / "run" / "last.safetensors")
+    source_state, compared = source.state_dict(), 0
+    for name, value in model.state_dict().items():
+        source_name = name.removeprefix("backbone.") if start == "backbone" else name
+        # Convolutions (BN statistics move in train mode), all but the new classifier.
+        if value.ndim == 4 and "conv_seg" not in name and source_name in source_state:
+            assert torch.allclose(value, source_state[source_name], atol=1e-6), name
+            compared += 1
+    assert compared > 20
     assert model.num_classes == 3 and not model.training
     assert list(model.segnext_config["classes"]) == CLASSES
     image = np.array(Image.open(dataset / "images" / "0.png"))
@@ -112,10 +134,12 @@ def test_saved_file_loads_with_its_classes_and_predicts(finetune, dataset: Path,
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--iters", "0"], "--iters must be at least 1"),
-    (["--warmup", "9"], "--warmup within"),
+    (["--iters", "1"], "--iters must be at least 2"),
+    (["--warmup", "1"], "--warmup must be 0 or between 2 and --iters - 2"),
+    (["--warmup", "7"], "--warmup must be 0 or between 2 and --iters - 2"),
     (["--resume"], "does not exist"),
     (["--precision", "fp8"], "invalid choice"),
+    (["--model", "mscan-x"], "--model must be a variant (t, s, b, l) with --backbone"),
 ])
 def test_argument_errors_are_one_line_and_exit_2(finetune, dataset: Path, tmp_path: Path, capsys, args, message):
     with pytest.raises(SystemExit) as info:
