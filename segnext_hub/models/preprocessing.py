@@ -45,13 +45,25 @@ def _taps(dst: int, src: int, clamp_fraction: bool) -> tuple[Tensor, Tensor, Ten
     return first, second, w0, w1
 
 
-def resize_like_opencv(image: Tensor, height: int, width: int) -> Tensor:
-    """Resize a (C, H, W) tensor of 0-255 integer values; returns float32 0-255 values."""
+def resize_like_opencv(image: Tensor, height: int, width: int,
+                       window: Optional[tuple[int, int, int, int]] = None) -> Tensor:
+    """Resize a (C, H, W) tensor of 0-255 integer values; returns float32 0-255 values.
+
+    ``window=(top, bottom, left, right)`` returns only that part of the (height, width)
+    result, computing nothing else: training crops a 512x512 window out of an image resized
+    to up to 4x, so resizing the whole image first would cost several times more.
+    """
     src = image.to(torch.int64)
     x0, x1, a0, a1 = _taps(width, src.shape[2], clamp_fraction=True)
     y0, y1, b0, b1 = _taps(height, src.shape[1], clamp_fraction=False)
-    rows = src[:, :, x0] * a0 + src[:, :, x1] * a1  # (C, H_src, W) scaled by 2048
-    top, bottom = rows[:, y0, :] >> 4, rows[:, y1, :] >> 4
+    if window is not None:
+        top_row, bottom_row, left, right = window
+        x0, x1, a0, a1 = (t[left:right] for t in (x0, x1, a0, a1))
+        y0, y1, b0, b1 = (t[top_row:bottom_row] for t in (y0, y1, b0, b1))
+    first, last = int(y0.min()), int(y1.max()) + 1  # the source rows the output reads
+    band = src[:, first:last]
+    rows = band[:, :, x0] * a0 + band[:, :, x1] * a1  # (C, rows, W) scaled by 2048
+    top, bottom = rows[:, y0 - first, :] >> 4, rows[:, y1 - first, :] >> 4
     out = (((b0[:, None] * top) >> 16) + ((b1[:, None] * bottom) >> 16) + 2) >> 2
     return out.clamp(0, 255).to(torch.float32)
 
@@ -76,6 +88,13 @@ def as_rgb_tensor(image: ImageLike) -> Tensor:
     return t.permute(2, 0, 1).float()
 
 
+def keep_ratio_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, int]:
+    """MMCV's ``rescale_size``: the (h, w) that fits within (long, short) edge bounds."""
+    long_edge, short_edge = max(scale), min(scale)
+    factor = min(long_edge / max(height, width), short_edge / min(height, width))
+    return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
 def keep_ratio_resize(chw: Tensor, scale: tuple[int, int]) -> Tensor:
     """MMCV's keep-ratio rescale: fit within (long, short) edge bounds, bilinear.
 
@@ -83,9 +102,7 @@ def keep_ratio_resize(chw: Tensor, scale: tuple[int, int]) -> Tensor:
     fixed-point arithmetic so that the resized pixels are the same.
     """
     height, width = chw.shape[1:]
-    long_edge, short_edge = max(scale), min(scale)
-    factor = min(long_edge / max(height, width), short_edge / min(height, width))
-    new_w, new_h = int(width * factor + 0.5), int(height * factor + 0.5)
+    new_h, new_w = keep_ratio_size(height, width, scale)
     if (new_h, new_w) == (height, width):
         return chw
     return resize_like_opencv(chw, new_h, new_w)

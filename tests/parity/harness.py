@@ -30,14 +30,14 @@ def require_parity_env() -> str:
     return python
 
 
-def run_mmseg(job: dict, workdir: Path, timeout: float = 900) -> dict:
-    """Run one job in the MMSeg virtualenv and return what it saved."""
+def run_mmseg(job: dict, workdir: Path, timeout: float = 900, worker: Path = WORKER) -> dict:
+    """Run one job in the MMSeg virtualenv (``worker``: one of this folder's scripts) and return what it saved."""
     python = require_parity_env()
     job = dict(job, out=str(workdir / "mmseg_out.pt"))
     job_path = workdir / "job.json"
     job_path.write_text(json.dumps(job))
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run([python, str(WORKER), str(job_path)], capture_output=True, text=True,
+    proc = subprocess.run([python, str(worker), str(job_path)], capture_output=True, text=True,
                           timeout=timeout, env=env)
     if proc.returncode != 0:
         raise AssertionError(f"MMSeg worker failed:\n{proc.stderr[-4000:]}")
