@@ -135,3 +135,13 @@ def test_few_modules_at_the_root_and_a_docstring_per_subpackage():
     for init in PACKAGE.glob("*/__init__.py"):
         doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
         assert doc and len(doc.splitlines()) >= 2, f"{init.parent.name}/ needs a docstring saying what it owns"
+
+
+def test_every_subpackage_ships_in_the_wheel():
+    """setuptools' explicit ``packages`` list: a subpackage missing from it is silently left
+    out of every installed copy while the editable checkout keeps working."""
+    import tomllib
+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {module_name(init.parent / "__init__.py") for init in PACKAGE.rglob("__init__.py")}
+    assert found - listed == set()
