@@ -10,6 +10,8 @@ and ``cli`` may import it.
 """
 
 from .checkpoint import resume_checkpoint, save_checkpoint
+from .data import InfiniteSampler, SegmentationFolder, TrainTransform, reduce_zero_label
 from .optim import CUSTOM_KEYS, WarmupPolyLR, param_groups, poly_schedule
 
-__all__ = ["CUSTOM_KEYS", "WarmupPolyLR", "param_groups", "poly_schedule", "resume_checkpoint", "save_checkpoint"]
+__all__ = ["CUSTOM_KEYS", "InfiniteSampler", "SegmentationFolder", "TrainTransform", "WarmupPolyLR",
+           "param_groups", "poly_schedule", "reduce_zero_label", "resume_checkpoint", "save_checkpoint"]
