@@ -297,17 +297,21 @@ def read_cached(name: str, *, progress: Optional[bool] = None) -> tuple[dict[str
     raise RemovedWhileLoading(f"{name} was removed while loading; pull it again (segnext-hub pull {name})")
 
 
+def safetensors_metadata(path: Path) -> dict[str, str]:
+    """The header metadata of a ``.safetensors`` file; an unreadable file is one line."""
+    try:
+        with safe_open(str(path), "pt") as handle:
+            return handle.metadata() or {}
+    except Exception as err:  # noqa: BLE001 - any parse failure is bad input
+        raise BadInputError(f"cannot read {path}: {err}".splitlines()[0]) from None
+
+
 def load_file_path(path: Path, **kwargs: Any) -> nn.Module:
     """A local checkpoint: our own safetensors load directly, anything else is converted."""
     if path.is_dir():
         return load_folder(path, **kwargs)
     if path.suffix == ".safetensors" and path.is_file():
-        try:
-            with safe_open(str(path), "pt") as handle:
-                meta = handle.metadata() or {}
-        except Exception as err:  # noqa: BLE001 - any parse failure is bad input
-            raise BadInputError(f"cannot read {path}: {err}".splitlines()[0]) from None
-        config = config_from_metadata(meta)
+        config = config_from_metadata(safetensors_metadata(path))
         if config is not None:
             return build_from_config(config, map_safetensors(path), **kwargs)
     conversion = convert_checkpoint(read_checkpoint(path), md_r=kwargs.get("md_r"))  # reads its own record

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
-from safetensors import safe_open
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -28,7 +27,7 @@ from ..conversion.writing import write_pth, write_safetensors
 from ..datasets import label_space
 from ..errors import BadInputError
 from ..hub.config import config_from_metadata
-from ..loading import map_safetensors
+from ..loading import map_safetensors, safetensors_metadata
 from ..models import MSCAN, SegNeXt
 
 STATE_SUFFIX = ".train-state.pt"
@@ -117,11 +116,7 @@ def resume_checkpoint(path: Union[str, Path], model: nn.Module, optimizer: Optio
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"no checkpoint at {path}")
-    try:
-        with safe_open(str(path), "pt") as handle:
-            meta = handle.metadata() or {}
-    except Exception as err:  # noqa: BLE001 - any parse failure is bad input
-        raise BadInputError(f"cannot read {path}: {err}".splitlines()[0]) from None
+    meta = safetensors_metadata(path)
     config = config_from_metadata(meta)
     if config is None:
         raise BadInputError(f"{path} is not a segnext-hub checkpoint (no SegNeXt config in its header)")
