@@ -80,6 +80,14 @@ class MMSegTimer:
     def time_one(self) -> float:
         return self._ask({"op": "time"})["seconds"]
 
+    def load_train(self, variant: str, md_r: int, weights: Path, batch: Path, threads: int) -> None:
+        self._ask({"op": "load_train", "variant": variant, "md_r": md_r, "weights": str(weights),
+                   "batch": str(batch), "threads": threads})
+
+    def time_train(self) -> float:
+        """One training iteration (loss, backward, optimiser step), in seconds."""
+        return self._ask({"op": "time_train"})["seconds"]
+
     def close(self) -> None:
         if self.proc.stdin:
             self.proc.stdin.close()

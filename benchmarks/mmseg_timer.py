@@ -6,7 +6,9 @@ machine, load drifts; alternating the two keeps the comparison fair). The model 
 by tests/parity/mmseg_worker.py's own functions, from the config the wheel ships.
 
 Commands: {"op": "load", "variant", "md_r", "weights", "shape", "threads"} and
-{"op": "time"}; each answer is one line starting with REPLY_PREFIX, then JSON.
+{"op": "time"} (an eval forward); {"op": "load_train", ... "batch"} and {"op": "time_train"}
+(one training iteration: loss, backward, optimiser step; bench_train.py); each answer is one
+line starting with REPLY_PREFIX, then JSON.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def _reply(payload: dict) -> None:
 
 
 def main() -> None:
-    model = x = None
+    model = x = wrapper = images = samples = None
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["op"] == "load":
@@ -45,6 +47,18 @@ def main() -> None:
                 start = time.perf_counter()
                 model(x, mode="tensor")
                 _reply({"seconds": time.perf_counter() - start})
+        elif cmd["op"] == "load_train":
+            torch.set_num_threads(cmd["threads"])
+            model, wrapper = mmseg_worker.build_training(mmseg_worker.build_config(cmd), cmd["weights"])
+            images, labels = torch.load(cmd["batch"])
+            samples = mmseg_worker.data_samples(labels)
+            _reply({"ok": True, "threads": torch.get_num_threads(), "torch": torch.__version__})
+        elif cmd["op"] == "time_train":
+            torch.manual_seed(0)
+            start = time.perf_counter()
+            loss, _ = model.parse_losses(model.loss(images, samples))
+            wrapper.update_params(loss)  # backward, step, zero_grad: the runner's iteration
+            _reply({"seconds": time.perf_counter() - start, "loss": loss.item()})
         else:
             _reply({"error": f"unknown op {cmd['op']!r}"})
 

@@ -57,32 +57,43 @@ def build_model(cfg: Config):
     return MODELS.build(cfg.model)
 
 
-def train_step(cfg: Config, job: dict) -> dict:
-    """One training iteration as MMSeg's runner does it: model.loss on a batch, the summed
-    losses backwards, then one step of the config's optimiser wrapper (paramwise_cfg
-    included) at its base lr (the schedule is checked on its own)."""
+def build_training(cfg: Config, weights: str):
+    """MMSeg's model in train mode with the given weights, and the config's optimiser
+    wrapper (AdamW + paramwise_cfg) at its base lr (the schedule is checked on its own)."""
     import mmengine.optim.optimizer.default_constructor as constructor
     from mmengine.optim import build_optim_wrapper
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
 
     # The constructor probes mmcv._ext (for DCN lr multipliers) and chokes on the stand-in
     # module above; mmcv-lite has no compiled ops, which is the answer the probe wants.
     constructor.mmcv_full_available = lambda: False
     model = build_model(cfg)
-    model.load_state_dict(torch.load(job["weights"]), strict=True)
+    model.load_state_dict(torch.load(weights), strict=True)
     model.train()
-    images, labels = torch.load(job["train_step"]["batch"])
+    return model, build_optim_wrapper(model, cfg.optim_wrapper)
+
+
+def data_samples(labels: "torch.Tensor") -> list:
+    """(B, H, W) labels as the SegDataSamples MMSeg's loss reads."""
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
     samples = []
     for label in labels:
         sample = SegDataSample()
         sample.gt_sem_seg = PixelData(data=label[None])
         samples.append(sample)
-    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    return samples
+
+
+def train_step(cfg: Config, job: dict) -> dict:
+    """One training iteration as MMSeg's runner does it: model.loss on a batch, the summed
+    losses backwards, then one step of the optimiser wrapper."""
+    model, wrapper = build_training(cfg, job["weights"])
+    images, labels = torch.load(job["train_step"]["batch"])
     names = {id(p): n for n, p in model.named_parameters()}
     groups = {names[id(p)]: (g["lr"], g["weight_decay"]) for g in wrapper.optimizer.param_groups for p in g["params"]}
     torch.manual_seed(job["train_step"]["seed"])
-    losses = model.loss(images, samples)
+    losses = model.loss(images, data_samples(labels))
     loss, _ = model.parse_losses(losses)
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
