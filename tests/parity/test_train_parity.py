@@ -1,10 +1,11 @@
 """Training parity with MMSegmentation 1.2.2 (the parity virtualenv runs the real thing).
 
-One iteration of SegNeXt-T as MMSeg's runner does it -- same weights, the same batch of 2
-(random normalised images, random labels with a band of 255s), the same seed before the
-forward, drop path as configured (0.1) -- against ``model.loss`` + ``param_groups`` +
+One iteration of SegNeXt-T and -L as MMSeg's runner does it -- same weights, the same batch
+of 2 (random normalised images, random labels with a band of 255s), the same seed before the
+forward, drop path as configured (0.1 and 0.3) -- against ``model.loss`` + ``param_groups`` +
 AdamW here: the loss, every gradient, every parameter and BatchNorm statistic after the
-step, and the RNG state after it (same draws in the same order). Then the config's
+step, and the RNG state after it (same draws in the same order); and, fed MMSeg's own
+gradients, the AdamW step alone, bit for bit. Then the config's
 warm-up + poly schedule at all 160,000 iterations, and the cross-entropy's averaging.
 Evidence: real upstream code (mmseg 1.2.2, mmengine 0.10.7, mmcv-lite 2.1.0 from PyPI).
 """
@@ -42,22 +43,24 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels
 
 
-@pytest.fixture(scope="module")
-def mmseg_step(tmp_path_factory) -> dict:
+@pytest.fixture(scope="module", params=["t", "l"])
+def mmseg_step(request, tmp_path_factory) -> dict:
+    """T, and L for its drop path rate (0.3) and its widest head (1024 channels)."""
     require_parity_env()
+    variant = request.param
     work = tmp_path_factory.mktemp("train_parity")
-    state = factory.mmseg_state("t", seed=2, md_r=16)
+    state = factory.mmseg_state(variant, seed=2, md_r=16)
     torch.save(state, work / "weights.pt")
     torch.save(_batch(), work / "batch.pt")
-    job = {"variant": "t", "md_r": 16, "weights": str(work / "weights.pt"), "threads": 1,
+    job = {"variant": variant, "md_r": 16, "weights": str(work / "weights.pt"), "threads": 1,
            "train_step": {"batch": str(work / "batch.pt"), "seed": SEED}, "schedule": {"iters": 160_000}}
-    return {"state": state, **run_mmseg(job, work)}
+    return {"variant": variant, "state": state, **run_mmseg(job, work)}
 
 
 @pytest.fixture(scope="module")
 def our_step(mmseg_step) -> dict:
     torch.set_num_threads(1)
-    model = create_model("t", num_classes=150, md_r=16)
+    model = create_model(mmseg_step["variant"], num_classes=150, md_r=16)
     model.load_state_dict(mmseg_step["state"])
     model.train()
     groups = param_groups(model)
@@ -91,8 +94,8 @@ def _worst_relative(ours: dict, theirs: dict, skip: "re.Pattern | None" = None) 
 def test_the_loss_is_mmsegs(mmseg_step, our_step):
     theirs = mmseg_step["train_step"]
     assert theirs["loss_keys"] == ["decode.acc_seg", "decode.loss_ce"]
-    print(f"loss: ours {our_step['loss'].item():.9g}, MMSeg {theirs['loss'].item():.9g}")
-    torch.testing.assert_close(our_step["loss"], theirs["loss"], rtol=1e-6, atol=0)
+    print(f"{mmseg_step['variant']} loss: ours {our_step['loss'].item():.9g}, MMSeg {theirs['loss'].item():.9g}")
+    assert torch.equal(our_step["loss"], theirs["loss"])  # the forward is bit for bit MMSeg's
 
 
 def test_the_random_draws_are_mmsegs(mmseg_step, our_step):
@@ -103,7 +106,7 @@ def test_the_random_draws_are_mmsegs(mmseg_step, our_step):
 def test_every_gradient_is_mmsegs(mmseg_step, our_step):
     theirs = mmseg_step["train_step"]["grads"]
     worst, where = _worst_relative(our_step["grads"], theirs, skip=BEFORE_BATCHNORM)
-    print(f"worst gradient difference: {worst:.3g} of its scale ({where})")
+    print(f"{mmseg_step['variant']} worst gradient difference: {worst:.3g} of its scale ({where})")
     assert worst <= 1e-5, where
     noise = [n for n in theirs if BEFORE_BATCHNORM.fullmatch(n)]
     assert len(noise) == 5
@@ -117,14 +120,33 @@ def test_param_groups_are_mmengines(mmseg_step, our_step):
     assert our_step["groups"] == mmseg_step["train_step"]["groups"]
 
 
+def test_the_adamw_step_is_mmengines_bit_for_bit(mmseg_step):
+    """Given MMSeg's own gradients, param_groups + torch AdamW move every parameter exactly
+    as the config's optimiser wrapper did: the optimiser side alone, no tolerance."""
+    theirs = mmseg_step["train_step"]
+    model = create_model(mmseg_step["variant"], num_classes=150, md_r=16)
+    model.load_state_dict(mmseg_step["state"])
+    for name, param in model.named_parameters():
+        param.grad = theirs["grads"][name].clone()
+    torch.optim.AdamW(param_groups(model), lr=LR, betas=(0.9, 0.999), weight_decay=0.01).step()
+    for name, param in model.named_parameters():
+        assert torch.equal(param.detach(), theirs["params"][name]), name
+
+
 def test_the_parameters_after_one_adamw_step_are_mmsegs(mmseg_step, our_step):
+    """End to end. Adam's first step is lr * g / (|g| + eps): an element whose gradient is
+    near eps turns the gradients' rounding differences (above) into a visible part of lr,
+    so the bound is a fraction of lr; the figure relative to each tensor's scale is printed."""
     before = mmseg_step["state"]
     theirs = mmseg_step["train_step"]["params"]
     moved = sum(not torch.equal(theirs[n], before[n]) for n in theirs)
     assert moved > 0.9 * len(theirs)  # a real step: nearly every parameter moved
     worst, where = _worst_relative(our_step["params"], theirs, skip=BEFORE_BATCHNORM)
-    print(f"worst parameter difference after one step: {worst:.3g} of its scale ({where})")
-    assert worst <= 1e-5, where
+    largest = max((our_step["params"][n] - theirs[n]).abs().max().item() for n in theirs
+                  if not BEFORE_BATCHNORM.fullmatch(n))
+    print(f"{mmseg_step['variant']} worst parameter difference after one step: {worst:.3g} of its scale "
+          f"({where}); largest {largest / LR:.3g} of lr")
+    assert largest <= 0.25 * LR
     for name in theirs:
         if BEFORE_BATCHNORM.fullmatch(name):  # moved by at most ~lr each, noise-driven
             assert (our_step["params"][name] - theirs[name]).abs().max() <= 2.05 * LR, name
