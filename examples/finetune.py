@@ -15,7 +15,7 @@ Every --save-every iterations and at the end, OUT/last.safetensors is written (a
 ``segnext_hub.load("OUT/last.safetensors")`` gives the fine-tuned model with its class names;
 the optimiser and schedule state lie next to it, and ``--resume`` continues from it at the
 same iteration with the same learning rates and the same sample stream. OUT/log.jsonl gets one
-line per iteration (iteration, loss, lr).
+line per iteration (iteration, loss, lr), each iteration once across resumes.
 """
 
 from __future__ import annotations
@@ -114,6 +114,7 @@ def train(args: argparse.Namespace) -> None:
                         generator=torch.Generator().manual_seed(args.seed))  # leaves the global RNG alone
     args.out.mkdir(parents=True, exist_ok=True)
     bar = progress_bar(args.iters, "fine-tuning", initial=start)
+    trim_log(args.out / "log.jsonl", start)
     with open(args.out / "log.jsonl", "a", encoding="utf-8") as log:
         for iteration, (images, labels) in zip(range(start + 1, args.iters + 1), loader):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -134,6 +135,21 @@ def train(args: argparse.Namespace) -> None:
                 save_checkpoint(last, model, classes=dataset.classes, palette=dataset.palette,
                                 optimizer=optimizer, scheduler=scheduler, iteration=iteration)
     bar.close()
+
+
+def trim_log(path: Path, last_saved: int) -> None:
+    """Keep the log lines up to the checkpoint resumed from: the iterations after it run again
+    (a half-written last line from a killed run goes too)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["iteration"] <= last_saved:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    path.write_text("".join(kept), encoding="utf-8")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

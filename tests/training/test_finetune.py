@@ -76,27 +76,32 @@ def test_loss_falls_on_data_it_can_fit(finetune, dataset: Path, tmp_path: Path):
 def test_resume_continues_the_schedule_and_the_counter(finetune, dataset: Path, tmp_path: Path, monkeypatch,
                                                        capsys):
     whole, split = tmp_path / "whole", tmp_path / "split"
-    assert run(finetune, dataset, whole, "--warmup", "2", "--save-every", "4") == 0
+    assert run(finetune, dataset, whole, "--warmup", "2", "--save-every", "3") == 0
 
-    real_save = finetune.save_checkpoint
+    real_save, saves = finetune.save_checkpoint, []
 
-    def save_then_crash(*args, **kwargs):  # the machine dies right after the first checkpoint
+    def crash_at_the_second_save(*args, **kwargs):  # saved at 3, killed at 6 before saving
+        saves.append(kwargs["iteration"])
+        if len(saves) == 2:
+            raise KeyboardInterrupt
         real_save(*args, **kwargs)
-        raise KeyboardInterrupt
 
-    monkeypatch.setattr(finetune, "save_checkpoint", save_then_crash)
-    assert run(finetune, dataset, split, "--warmup", "2", "--save-every", "4") == 130
+    monkeypatch.setattr(finetune, "save_checkpoint", crash_at_the_second_save)
+    assert run(finetune, dataset, split, "--warmup", "2", "--save-every", "3") == 130
     assert "--resume" in capsys.readouterr().err
-    assert [entry["iteration"] for entry in log(split)] == [1, 2, 3, 4]
+    assert [entry["iteration"] for entry in log(split)] == [1, 2, 3, 4, 5, 6]
+    with open(split / "log.jsonl", "a") as handle:
+        handle.write('{"iteration": 7, "lo')  # a line cut short by the kill
     monkeypatch.setattr(finetune, "save_checkpoint", real_save)
 
     with pytest.raises(SystemExit) as info:  # no silent overwrite of a run
-        run(finetune, dataset, split, "--warmup", "2", "--save-every", "4")
+        run(finetune, dataset, split, "--warmup", "2", "--save-every", "3")
     assert info.value.code == 2
     assert "pass --resume" in capsys.readouterr().err
 
-    assert run(finetune, dataset, split, "--warmup", "2", "--save-every", "4", "--resume") == 0
+    assert run(finetune, dataset, split, "--warmup", "2", "--save-every", "3", "--resume") == 0
     resumed, reference = log(split), log(whole)
+    # Iterations 4-6 ran twice; the log keeps each iteration once.
     assert [entry["iteration"] for entry in resumed] == list(range(1, 9))
     assert [entry["lr"] for entry in resumed] == [entry["lr"] for entry in reference]
     lrs = [entry["lr"] for entry in reference]
