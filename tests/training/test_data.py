@@ -14,8 +14,14 @@ from PIL import Image
 from segnext_hub.errors import BadInputError
 from segnext_hub.models.preprocessing import MEAN_RGB, STD_RGB, keep_ratio_size, resize_like_opencv
 from segnext_hub.training.data import (
-    IGNORE_INDEX, InfiniteSampler, SegmentationFolder, TrainTransform, crop_is_varied, read_label,
-    reduce_zero_label, resize_nearest,
+    IGNORE_INDEX,
+    InfiniteSampler,
+    SegmentationFolder,
+    TrainTransform,
+    crop_is_varied,
+    read_label,
+    reduce_zero_label,
+    resize_nearest,
 )
 from tests.parity.harness import require_parity_env, run_mmseg
 
