@@ -95,6 +95,22 @@ def guess_dataset(num_classes: int) -> Optional[DatasetInfo]:
     return None
 
 
+def reduce_zero_label(label: np.ndarray) -> np.ndarray:
+    """ADE20K's label shift (``DatasetInfo.reduce_zero_label``): 0 ("other") -> 255
+    (ignored), k -> k-1, 255 stays ignored.
+
+    Done in uint8 arithmetic exactly as MMSeg's ``LoadAnnotations``: 0 becomes 255, then
+    everything moves down by one, then 254 (formerly 255 or 0) becomes 255 again.
+    """
+    if label.dtype != np.uint8:
+        raise ValueError(f"reduce_zero_label expects a uint8 label, got {label.dtype}")
+    reduced = label.copy()
+    reduced[reduced == 0] = 255
+    reduced = reduced - np.uint8(1)
+    reduced[reduced == 254] = 255
+    return reduced
+
+
 def random_palette(num_classes: int, seed: int = 0) -> np.ndarray:
     """A fixed pseudo-random palette for label spaces none of the known datasets has."""
     rng = np.random.default_rng(seed)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..datasets import get_dataset, label_space
+from ..datasets import reduce_zero_label as shift_zero_label
 from ..errors import BadInputError
 from ..models.preprocessing import ResizedImage, resize_for_test
 from ..progress import progress_bar
@@ -168,10 +169,7 @@ def load_label(path: Path, reduce_zero_label: bool) -> np.ndarray:
     if label.ndim != 2:
         raise BadInputError(f"label {path} is not a single-channel class-id image (shape {label.shape})")
     label = label.astype(np.uint8)
-    if reduce_zero_label:
-        label = np.where(label == 0, IGNORE_INDEX, label - 1).astype(np.uint8)
-        label[label == IGNORE_INDEX - 1] = IGNORE_INDEX
-    return label
+    return shift_zero_label(label) if reduce_zero_label else label
 
 
 # --------------------------------------------------------------------------- result

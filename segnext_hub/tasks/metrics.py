@@ -20,8 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import BadInputError
-
-IGNORE_INDEX = 255
+from ..models.loss import IGNORE_INDEX
 
 
 class IoUAccumulator:

@@ -35,11 +35,11 @@ from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from ..datasets import get_dataset
+from ..datasets import get_dataset, reduce_zero_label
 from ..errors import BadInputError
+from ..models.loss import IGNORE_INDEX
 from ..models.preprocessing import keep_ratio_size, normalise, resize_like_opencv
 
-IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LABEL_SUFFIX = ".png"  # MMSeg's seg_map_suffix for ADE20K and custom datasets
 
@@ -47,21 +47,6 @@ ClassList = Union[str, Path, Sequence[str]]
 SampleKey = Union[int, tuple[int, int]]
 # Two independent random streams from one seed: each sample's augmentation, each epoch's order.
 _SAMPLE_STREAM, _ORDER_STREAM = 0, 1
-
-
-def reduce_zero_label(label: np.ndarray) -> np.ndarray:
-    """ADE20K's label shift: 0 ("other") -> 255 (ignored), k -> k-1, 255 stays ignored.
-
-    Done in uint8 arithmetic exactly as MMSeg's ``LoadAnnotations``: 0 becomes 255, then
-    everything moves down by one, then 254 (formerly 255 or 0) becomes 255 again.
-    """
-    if label.dtype != np.uint8:
-        raise ValueError(f"reduce_zero_label expects a uint8 label, got {label.dtype}")
-    reduced = label.copy()
-    reduced[reduced == 0] = 255
-    reduced = reduced - np.uint8(1)
-    reduced[reduced == 254] = 255
-    return reduced
 
 
 def _nearest_sources(dst: int, src: int) -> np.ndarray:
