@@ -38,6 +38,7 @@ from .hub.hf import download_repo
 from .hub.pull import cached_manifest, pull
 from .hub.names import Source, resolve  # noqa: F401 - part of this module's API
 from .models import Variant, get_variant
+from .models.variants import check_positive_int
 from .models.factory import create_model as build_model
 from .models.fused import fuse
 
@@ -344,9 +345,11 @@ def load(name_or_path: Union[str, Path], *, device: Union[str, torch.device] = "
 
 
 def _check_num_classes(num_classes: Any) -> int:
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise BadInputError(f"num_classes must be a positive integer, got {num_classes!r}")
-    return num_classes
+    """The model's rule for a class count, as bad input (one line, exit 2)."""
+    try:
+        return check_positive_int("num_classes", num_classes)
+    except ValueError as err:
+        raise BadInputError(str(err)) from None
 
 
 def _use_classes(model: nn.Module, num_classes: int, source: Union[str, Path]) -> None:
@@ -363,7 +366,7 @@ def _use_classes(model: nn.Module, num_classes: int, source: Union[str, Path]) -
     # The artifact's label space no longer describes the outputs.
     config.update(num_classes=num_classes, dataset=None, classes=None, palette=None,
                   training_seed=None, training_seed_source=None,
-                  new_weights=["decode_head.conv_seg.weight", "decode_head.conv_seg.bias"])
+                  new_weights=[f"decode_head.conv_seg.{key}" for key in model.decode_head.conv_seg.state_dict()])
 
 
 def create_model(variant: Union[str, Variant], *, num_classes: int = 150, md_r: Optional[int] = None,

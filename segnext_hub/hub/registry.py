@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional, Union
 import yaml
 
 from ..errors import BadInputError
-from ..models.variants import VARIANTS
+from ..models.variants import VARIANTS, is_positive_int
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -286,13 +286,9 @@ def _pair(value: Any, field: str) -> Optional[tuple[int, int]]:
     if value is None:
         return None
     if (not isinstance(value, list) or len(value) != 2
-            or not all(_is_positive_int(v) for v in value)):
+            or not all(is_positive_int(v) for v in value)):
         raise _EntryError(f"{field!r} must be two positive integers or null, got {value!r}")
     return (value[0], value[1])
-
-
-def _is_positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _require(values: dict, field: str, allowed: tuple[str, ...]) -> None:
@@ -319,7 +315,7 @@ def _check_scalars(values: dict) -> None:
     _require(values, "kind", KINDS)
     _require(values, "dataset", DATASETS)
     _require(values, "layout", LAYOUTS)
-    if not _is_positive_int(values["params"]):
+    if not is_positive_int(values["params"]):
         raise _EntryError(f"params must be a positive integer, got {values['params']!r}")
     if not isinstance(values["url_verified"], bool):
         raise _EntryError("url_verified must be true or false")
@@ -338,7 +334,7 @@ def _check_kind_rules(values: dict) -> None:
             raise _EntryError(f"a backbone has no head: {', '.join(set_fields)} must be null")
         return
     for field in ("num_classes", "md_r"):
-        if not _is_positive_int(values[field]):
+        if not is_positive_int(values[field]):
             raise _EntryError(f"{field} must be a positive integer for a segmentor")
     if not isinstance(values["md_r_settled"], bool):
         raise _EntryError("md_r_settled must be true or false for a segmentor")
@@ -370,7 +366,7 @@ def _check_file_fields(values: dict) -> None:
         raise _EntryError("sha256 must be 64 lower-case hex digits or null")
     if sha is not None and prefix is not None and not sha.startswith(prefix):
         raise _EntryError(f"sha256 does not start with hash_prefix {prefix!r}; keep one or fix both")
-    if values["size"] is not None and not _is_positive_int(values["size"]):
+    if values["size"] is not None and not is_positive_int(values["size"]):
         raise _EntryError("size must be a positive integer (bytes) or null")
 
 

@@ -10,7 +10,7 @@ from .ham_head import LightHamHead
 from .init import init_backbone_, init_head_
 from .mscan import MSCAN
 from .segnext import SegNeXt
-from .variants import Variant, get_variant
+from .variants import Variant, check_positive_int, get_variant
 
 
 def build_backbone(variant: Variant, drop_path_rate: Optional[float] = None) -> MSCAN:
@@ -32,10 +32,9 @@ def create_model(
     ``backbone_only=True`` returns the MSCAN alone, whose keys carry no prefix.
     """
     spec = variant if isinstance(variant, Variant) else get_variant(variant)
-    if md_r is not None and (not isinstance(md_r, int) or isinstance(md_r, bool) or md_r < 1):
-        raise ValueError(f"md_r must be a positive integer, got {md_r!r}")
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if md_r is not None:
+        check_positive_int("md_r", md_r)
+    check_positive_int("num_classes", num_classes)
     backbone = init_backbone_(build_backbone(spec))
     if backbone_only:
         return backbone.eval()

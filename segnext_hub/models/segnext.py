@@ -13,6 +13,7 @@ from .init import init_classifier_
 from .loss import IGNORE_INDEX, decode_loss
 from .mscan import MSCAN
 from .predict import SegmentationInference
+from .variants import check_positive_int
 
 
 class SegNeXt(SegmentationInference, nn.Module):
@@ -45,8 +46,7 @@ class SegNeXt(SegmentationInference, nn.Module):
     def replace_classifier(self, num_classes: int) -> None:
         """A new ``conv_seg`` for ``num_classes`` classes, initialised as MMSeg initialises
         it (normal, std 0.01, bias 0; global RNG), on the old one's device and dtype."""
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        check_positive_int("num_classes", num_classes)
         old = self.decode_head.conv_seg
         new = nn.Conv2d(old.in_channels, num_classes, 1, device=old.weight.device, dtype=old.weight.dtype)
         self.decode_head.conv_seg = init_classifier_(new)

@@ -8,6 +8,7 @@ into another; use :func:`dataclasses.replace` to derive a modified copy.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 # MSCA attention: one 5x5 depth-wise conv, then three strip branches of these lengths.
 STRIP_KERNEL_SIZES: tuple[int, ...] = (7, 11, 21)
@@ -64,3 +65,15 @@ def get_variant(name: str) -> Variant:
             "(optionally as 'mscan-t' etc.)"
         )
     return VARIANTS[key]
+
+
+def is_positive_int(value: Any) -> bool:
+    """A count such as ``num_classes`` or ``md_r``: an int (not a bool) of at least 1."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """``value`` if :func:`is_positive_int`, else a ``ValueError`` naming ``name``."""
+    if not is_positive_int(value):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value

@@ -23,6 +23,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from .._version import __version__
 from ..conversion.detect import detect_variant
+from ..conversion.verify import check_keys
 from ..conversion.writing import write_pth, write_safetensors
 from ..datasets import label_space
 from ..errors import BadInputError
@@ -121,10 +122,11 @@ def resume_checkpoint(path: Union[str, Path], model: nn.Module, optimizer: Optio
     if config is None:
         raise BadInputError(f"{path} is not a segnext-hub checkpoint (no SegNeXt config in its header)")
     tensors = map_safetensors(path)
-    expected = model.state_dict()
-    if set(tensors) != set(expected) or any(tensors[k].shape != expected[k].shape for k in expected):
+    try:
+        check_keys(tensors, model.state_dict())
+    except BadInputError as err:
         raise BadInputError(f"{path} holds a SegNeXt-{config['variant'].upper()} {config['kind']} with "
-                            f"{config.get('num_classes')} classes; it does not fit this model")
+                            f"{config.get('num_classes')} classes; it does not fit this model ({err})") from None
     model.load_state_dict(tensors)
     iteration = int(meta["iteration"]) if meta.get("iteration", "").isdigit() else None
     result: dict[str, Any] = {"iteration": iteration, "extra": {}}
