@@ -17,14 +17,13 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_model import MMSegTimer, interleaved, keep_heap, parity_python  # noqa: E402
+from benchmarks.bench_model import MMSegTimer, interleaved, keep_heap, parity_python, timed  # noqa: E402
 from segnext_hub import create_model  # noqa: E402
 from segnext_hub.models.random_init import randomize_  # noqa: E402
 from segnext_hub.training import param_groups  # noqa: E402
@@ -43,16 +42,13 @@ def our_iteration(variant: str, seed: int, images: torch.Tensor, labels: torch.T
     model = randomize_(create_model(variant, md_r=MD_R), seed=seed).train()
     optimizer = torch.optim.AdamW(param_groups(model), lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01)
 
-    def run() -> float:
-        torch.manual_seed(0)
-        start = time.perf_counter()
+    def step() -> None:
         loss = model.loss(images, labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        return time.perf_counter() - start
 
-    return model, run
+    return model, timed(step)
 
 
 def main() -> None:
