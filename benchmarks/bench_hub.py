@@ -46,14 +46,14 @@ def _warm_load_methods(folder: Path, variant: str) -> dict[str, Callable[[], Any
 
     import segnext_hub
     from segnext_hub.loading import _copy_with_weights, _meta_skeleton, map_safetensors
-    from segnext_hub.models import create_model
+    from segnext_hub.models import build_model
 
     weights = folder / "model.safetensors"
     skeleton = _meta_skeleton(variant, 150, 16, False)
 
     def construct_assign() -> nn.Module:  # build the tree on the meta device each time
         with torch.device("meta"):
-            model = create_model(variant, num_classes=150, md_r=16)
+            model = build_model(variant, num_classes=150, md_r=16)
         model.load_state_dict(load_file(weights), assign=True)
         return model.eval()
 

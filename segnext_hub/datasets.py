@@ -43,7 +43,7 @@ class DatasetInfo:
         return len(self.classes)
 
     def palette_array(self) -> np.ndarray:
-        """(num_classes, 3) uint8, the form :func:`segnext_hub.visualize.colorize` takes."""
+        """(num_classes, 3) uint8, the form :func:`segnext_hub.tasks.visualize.colorize` takes."""
         return np.asarray(self.palette, dtype=np.uint8)
 
 

@@ -41,3 +41,18 @@ class OfflineError(SegnextHubError):
     """Offline mode is on and the artifact is not cached. Exit 2."""
 
     exit_code = 2
+
+
+class DamagedEntryError(SegnextHubError):
+    """A cached artifact's files are not what its manifest records (or the manifest itself
+    is unreadable). The message names the artifact, what is wrong and the command that
+    repairs it. Exit 1, like any failed verification."""
+
+    exit_code = 1
+
+
+class RemovedWhileLoading(SegnextHubError):
+    """``segnext-hub rm`` (or another process) removed the artifact between our pull and
+    our read; the user decides whether to pull it again. Exit 2."""
+
+    exit_code = 2

@@ -11,10 +11,12 @@ import concurrent.futures
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import re
 import secrets
 import shutil
+import stat
 import time
 from pathlib import Path
 from typing import IO, Any, Iterator, Optional, Union
@@ -287,3 +289,42 @@ class StreamingSha256:
             future.result()
         self._futures.clear()
         return self._digest.hexdigest()
+
+
+#: config.json, manifests and other small JSON files segnext-hub reads: far below 1 MiB.
+MAX_JSON_BYTES = 1 << 20
+
+
+def parse_json(text: Union[str, bytes], where: str) -> Any:
+    """JSON from untrusted text; a nesting deep enough to exhaust the parser is bad input too.
+
+    Raises:
+        BadInputError: not valid JSON, or nested beyond what Python's parser can follow.
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise BadInputError(f"{where} is nested too deeply to be read") from None
+    except ValueError as err:
+        raise BadInputError(f"{where} is not valid JSON ({str(err)[:80]})") from None
+
+
+def read_json_file(path: PathLike, what: str, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """A small JSON file read whole: a regular file (no FIFO, device or link to one), at
+    most ``max_bytes``, valid JSON.
+
+    Raises:
+        BadInputError: one line naming the file and what is wrong with it.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise BadInputError(f"{path} is not a regular file; the {what} file must be one")
+            data = handle.read(max_bytes + 1)
+    except OSError as err:
+        raise BadInputError(f"cannot read {path}: {err.strerror or err}") from None
+    if len(data) > max_bytes:
+        raise BadInputError(f"{path} is over {max_bytes} bytes; no {what} file is that large")
+    return parse_json(data, str(path))

@@ -28,18 +28,19 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
+from .config import ArtifactConfig
 from .conversion.converter import convert_checkpoint
 from .conversion.reading import read_checkpoint
 from .conversion.verify import check_keys
-from .errors import BadInputError, SegnextHubError
+from .errors import BadInputError, RemovedWhileLoading
 from .hub.cache import artifact_dir, damaged, use_lock
-from .hub.config import CONFIG_FILE, MODEL_FILE, config_from_metadata, make_config, read_config
+from .hub.config import CONFIG_FILE, MODEL_FILE, read_config
 from .hub.hf import download_repo
 from .hub.pull import cached_manifest, pull
 from .hub.names import Source, resolve  # noqa: F401 - part of this module's API
 from .models import Variant, get_variant
 from .models.variants import check_positive_int
-from .models.factory import create_model as build_model
+from .models.factory import build_model
 from .models.fused import fuse
 
 logger = logging.getLogger(__name__)
@@ -187,19 +188,18 @@ def _place(state: dict[str, torch.Tensor], device: Union[str, torch.device],
     return out
 
 
-def build_from_config(config: dict[str, Any], state: dict[str, torch.Tensor], *,
+def build_from_config(config: ArtifactConfig, state: dict[str, torch.Tensor], *,
                       md_r: Optional[int] = None, device: Union[str, torch.device] = "cpu",
                       dtype: Optional[torch.dtype] = None) -> nn.Module:
-    """An eval-mode model from a config (variant, kind, num_classes, md_r) and MMSeg-named tensors."""
-    backbone_only = config.get("kind") == "backbone"
-    num_classes = config.get("num_classes") or 150
-    rank = md_r if md_r is not None else config.get("md_r")
-    skeleton = _meta_skeleton(config["variant"], num_classes, rank, backbone_only)
+    """An eval-mode model from its config and MMSeg-named tensors; ``md_r`` overrides the config's."""
+    backbone_only = config.is_backbone
+    rank = md_r if md_r is not None else config.md_r
+    skeleton = _meta_skeleton(config.variant, config.num_classes or 150, rank, backbone_only)
     check_keys(state, skeleton.expected)
     model = _copy_with_weights(skeleton, _place(state, device, dtype))
-    model.segnext_config = dict(config, md_r=rank if not backbone_only else None)
     if md_r is not None and not backbone_only:
-        model.segnext_config["md_r_source"] = f"user override (md_r={md_r})"
+        config = config.replace(md_r=md_r, md_r_source=f"user override (md_r={md_r})")
+    model.segnext_config = config
     return model
 
 
@@ -259,7 +259,7 @@ def load_folder(folder: Path, **kwargs: Any) -> nn.Module:
     return build_from_config(config, state, **kwargs)
 
 
-def read_folder(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def read_folder(folder: Path) -> tuple[ArtifactConfig, dict[str, torch.Tensor]]:
     """(config, MMSeg-named tensors) of a folder; an unreadable file is one line naming it."""
     config_file, weights = folder / CONFIG_FILE, folder / MODEL_FILE
     if not config_file.is_file() or not weights.is_file():
@@ -268,12 +268,7 @@ def read_folder(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     return config, map_safetensors(weights)  # BadInputError naming the file when unreadable
 
 
-class RemovedWhileLoading(SegnextHubError):
-    """``segnext-hub rm`` (or another process) removed the artifact between our pull and
-    our read; the user decides whether to pull it again."""
-
-
-def read_cached(name: str, *, progress: Optional[bool] = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def read_cached(name: str, *, progress: Optional[bool] = None) -> tuple[ArtifactConfig, dict[str, torch.Tensor]]:
     """(config, tensors) of a registry artifact, pulled first if needed.
 
     Maps the weights under the artifact's shared use lock, so ``rm`` or a repairing pull
@@ -312,12 +307,12 @@ def load_file_path(path: Path, **kwargs: Any) -> nn.Module:
     if path.is_dir():
         return load_folder(path, **kwargs)
     if path.suffix == ".safetensors" and path.is_file():
-        config = config_from_metadata(safetensors_metadata(path))
-        if config is not None:
+        meta = safetensors_metadata(path)
+        config = ArtifactConfig.from_metadata(meta, f"{path} metadata")
+        if config is not None and meta.get("layout", "mmseg") == "mmseg":  # other layouts are converted
             return build_from_config(config, map_safetensors(path), **kwargs)
     conversion = convert_checkpoint(read_checkpoint(path), md_r=kwargs.get("md_r"))  # reads its own record
-    config = make_config(conversion.detection.to_dict(), name=path.stem, record=conversion.report.record)
-    return build_from_config(config, conversion.tensors, **kwargs)
+    return build_from_config(conversion.artifact_config(path.stem), conversion.tensors, **kwargs)
 
 
 def load(name_or_path: Union[str, Path], *, device: Union[str, torch.device] = "cpu",
@@ -355,18 +350,19 @@ def _check_num_classes(num_classes: Any) -> int:
 def _use_classes(model: nn.Module, num_classes: int, source: Union[str, Path]) -> None:
     """Give a loaded segmentor ``num_classes`` outputs (a new classifier if that differs)."""
     config = model.segnext_config
-    if config.get("kind") == "backbone":
+    if config.is_backbone:
         raise BadInputError(
             f"{source} is an ImageNet backbone, with no decode head to give {num_classes} classes; use "
-            f"create_model({config['variant']!r}, num_classes={num_classes}, pretrained_backbone={str(source)!r})")
+            f"create_model({config.variant!r}, num_classes={num_classes}, pretrained_backbone={str(source)!r})")
     _check_num_classes(num_classes)
     if num_classes == model.num_classes:
         return
     model.replace_classifier(num_classes)
     # The artifact's label space no longer describes the outputs.
-    config.update(num_classes=num_classes, dataset=None, classes=None, palette=None,
-                  training_seed=None, training_seed_source=None,
-                  new_weights=[f"decode_head.conv_seg.{key}" for key in model.decode_head.conv_seg.state_dict()])
+    model.segnext_config = config.replace(
+        num_classes=num_classes, dataset=None, classes=None, classes_source=None, palette=None, palette_source=None,
+        training_seed=None, training_seed_source=None,
+        new_weights=tuple(f"decode_head.conv_seg.{key}" for key in model.decode_head.conv_seg.state_dict()))
 
 
 def create_model(variant: Union[str, Variant], *, num_classes: int = 150, md_r: Optional[int] = None,
@@ -379,36 +375,34 @@ def create_model(variant: Union[str, Variant], *, num_classes: int = 150, md_r: 
     ``init_cfg=Pretrained`` does but strictly: the artifact must be of the same variant and
     every backbone tensor is used (a segmentor artifact gives its backbone). The head
     stays newly initialised; its tensor names are listed in
-    ``model.segnext_config["new_weights"]`` (and logged at INFO). ``md_r=None`` is the
+    ``model.segnext_config.new_weights`` (and logged at INFO). ``md_r=None`` is the
     variant's default rank; MMSeg's 1.x configs train every size with 16.
     """
     spec = variant if isinstance(variant, Variant) else get_variant(variant)
     model = build_model(spec, num_classes=_check_num_classes(num_classes), md_r=md_r, backbone_only=backbone_only)
-    config: dict[str, Any] = {
-        "architecture": "segnext", "name": None, "variant": spec.name,
-        "kind": "backbone" if backbone_only else "segmentor",
-        "num_classes": None if backbone_only else num_classes,
-        "md_r": None if backbone_only else model.decode_head.md_r,
-        "md_r_source": None if backbone_only else (
+    config = ArtifactConfig(
+        variant=spec.name, kind="backbone" if backbone_only else "segmentor",
+        num_classes=None if backbone_only else num_classes,
+        md_r=None if backbone_only else model.decode_head.md_r,
+        md_r_source=None if backbone_only else (
             f"create_model(md_r={md_r})" if md_r is not None else "create_model default (the variant's)"),
-        "dataset": None, "pretrained_backbone": None,
-        "new_weights": list(model.state_dict()),
-    }
+        new_weights=tuple(model.state_dict()))
     model.segnext_config = config
     if pretrained_backbone is None:
         return model
     source = _load_exact(pretrained_backbone, device="cpu", dtype=None, md_r=None, progress=progress)
     found = source.segnext_config
-    if found["variant"] != spec.name:
-        raise BadInputError(f"{pretrained_backbone} holds SegNeXt-{found['variant'].upper()} weights "
-                            f"({found['kind']}); create_model was asked for SegNeXt-{spec.name.upper()}")
-    weights = source if found["kind"] == "backbone" else source.backbone
+    if found.variant != spec.name:
+        raise BadInputError(f"{pretrained_backbone} holds SegNeXt-{found.variant.upper()} weights "
+                            f"({found.kind}); create_model was asked for SegNeXt-{spec.name.upper()}")
+    weights = source if found.is_backbone else source.backbone
     target = model if backbone_only else model.backbone
     target.load_state_dict(weights.state_dict(), strict=True)  # same variant: every key, every shape
-    config.update(pretrained_backbone=str(pretrained_backbone),
-                  new_weights=[] if backbone_only else [f"decode_head.{k}" for k in model.decode_head.state_dict()])
-    if config["new_weights"]:
-        logger.info("backbone from %s; newly initialised: %s", pretrained_backbone, ", ".join(config["new_weights"]))
+    model.segnext_config = config = config.replace(
+        pretrained_backbone=str(pretrained_backbone),
+        new_weights=() if backbone_only else tuple(f"decode_head.{k}" for k in model.decode_head.state_dict()))
+    if config.new_weights:
+        logger.info("backbone from %s; newly initialised: %s", pretrained_backbone, ", ".join(config.new_weights))
     return model
 
 

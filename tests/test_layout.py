@@ -15,7 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "segnext_hub"
 # Each layer may import the layers to its left (and the root helpers); never to its right.
 LAYERS = ["models", "conversion", "hub", "loading", "training", "tasks", "cli"]
-ROOT_HELPERS = {"errors", "fileio", "datasets", "_version", "progress"}
+ROOT_HELPERS = {"errors", "fileio", "datasets", "_version", "progress", "config"}
 MAX_LINES = 600
 MAX_ROOT_MODULES = 10
 
@@ -145,3 +145,67 @@ def test_every_subpackage_ships_in_the_wheel():
     listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {module_name(init.parent / "__init__.py") for init in PACKAGE.rglob("__init__.py")}
     assert found - listed == set()
+
+
+def _calls(tree: ast.AST) -> list[ast.Call]:
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
+
+
+def _called_name(call: ast.Call) -> str:
+    func = call.func
+    if isinstance(func, ast.Name):
+        return func.id
+    if isinstance(func, ast.Attribute):
+        base = func.value
+        prefix = f"{base.id}." if isinstance(base, ast.Name) else f"{_attr_path(base)}." if isinstance(
+            base, ast.Attribute) else "?."
+        return prefix + func.attr
+    return ""
+
+
+def _attr_path(node: ast.Attribute) -> str:
+    base = node.value
+    head = base.id if isinstance(base, ast.Name) else _attr_path(base) if isinstance(base, ast.Attribute) else "?"
+    return f"{head}.{node.attr}"
+
+
+# Library layers report through logging/warnings; only cli/ (and the demo task, a script
+# run by `make demo`) write to the terminal.
+QUIET = ("models", "conversion", "hub", "training", "loading.py", "fileio.py", "datasets.py", "config.py")
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_exec_eval_and_no_printing_below_the_cli(path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = [_called_name(call) for call in _calls(tree)]
+    assert not [n for n in names if n in ("exec", "eval", "builtins.exec", "builtins.eval")], \
+        f"{path.relative_to(PACKAGE)} calls exec/eval"
+    relative = path.relative_to(PACKAGE)
+    if relative.parts[0] in QUIET or str(relative) in QUIET:
+        printing = [n for n in names if n == "print" or n.endswith(("stderr.write", "stdout.write"))]
+        assert not printing, f"{relative} prints ({printing}); log or warn instead"
+
+
+def test_only_the_config_module_builds_a_config_dict():
+    """A dict literal holding both "variant" and "md_r" is a second, untyped copy of
+    ArtifactConfig: it must be built by segnext_hub/config.py alone."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == PACKAGE / "config.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Dict):
+                keys = {k.value for k in node.keys if isinstance(k, ast.Constant)}
+                if {"variant", "md_r"} <= keys:
+                    found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+            if isinstance(node, ast.Call) and _called_name(node) == "dict":
+                keys = {k.arg for k in node.keywords}
+                if {"variant", "md_r"} <= keys:
+                    found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert not found, found
+
+
+def test_the_checks_above_can_fail(tmp_path):
+    """The AST probes see what they are meant to (so an empty result means something)."""
+    tree = ast.parse("exec('1')\nimport sys\nsys.stderr.write('x')\nprint(1)\n")
+    assert [_called_name(c) for c in _calls(tree)] == ["exec", "sys.stderr.write", "print"]

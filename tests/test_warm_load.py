@@ -24,7 +24,7 @@ from segnext_hub.conversion.converter import convert
 from segnext_hub.errors import BadInputError
 from segnext_hub.fileio import sha256_file
 from segnext_hub.loading import _copy_with_weights, _plan, load_folder, map_safetensors
-from segnext_hub.models import create_model
+from segnext_hub.models import build_model
 from tests.helpers import factory
 
 _TENSOR_TABLES = ("_parameters", "_buffers", "_modules")
@@ -45,7 +45,7 @@ def cached_t(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def reference(state: dict) -> nn.Module:
-    model = create_model("t", num_classes=150, md_r=16)
+    model = build_model("t", num_classes=150, md_r=16)
     model.load_state_dict(state)
     return model.eval()
 
@@ -72,7 +72,7 @@ def test_a_load_is_the_model_create_model_and_load_state_dict_build(cached_t):
     with torch.no_grad():
         assert torch.equal(model(x, generator=torch.Generator().manual_seed(1)),
                            ref(x, generator=torch.Generator().manual_seed(1)))
-    assert model.segnext_config["md_r"] == 16 and model.decode_head.md_r == ref.decode_head.md_r
+    assert model.segnext_config.md_r == 16 and model.decode_head.md_r == ref.decode_head.md_r
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the Linux memory map")

@@ -109,7 +109,8 @@ def info(name: str, as_json: bool) -> None:
         data["damage"] = problem
     if manifest:
         config = read_config(artifact_dir(art.name) / CONFIG_FILE)
-        data.update({key: config.get(key) for key in ("md_r", "md_r_source", "training_seed", "training_seed_source")},
+        data.update({key: getattr(config, key) for key in ("md_r", "md_r_source", "training_seed",
+                                                           "training_seed_source")},
                     record_warnings=manifest.get("record_disagreements") or [])
         data.update(path=str(artifact_dir(art.name)), raw_sha256=manifest.get("raw_sha256"),
                     hash_status=manifest.get("hash_status"), warnings=manifest.get("warnings"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 import traceback
 from typing import Any, Callable, TypeVar
@@ -16,6 +17,27 @@ F = TypeVar("F", bound=Callable[..., Any])
 debug_option = click.option("--debug", is_flag=True, help="Show a full traceback on errors.")
 
 
+class _StderrHandler(logging.Handler):
+    """Library warnings as the CLI's own lines: ``warning: ...`` (or the record's
+    ``cli_prefix``, e.g. ``note``) on the stderr of the moment (click's test runner swaps it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            prefix = getattr(record, "cli_prefix", None) or record.levelname.lower()
+            click.echo(f"{prefix}: {record.getMessage()}", err=True)
+        except Exception:  # noqa: BLE001 - logging must never break a command
+            self.handleError(record)
+
+
+def show_library_warnings() -> None:
+    """Route the package's WARNING records to stderr once per process (library code logs,
+    never prints; the CLI decides how that looks)."""
+    package = logging.getLogger("segnext_hub")
+    if not any(isinstance(h, _StderrHandler) for h in package.handlers):
+        handler = _StderrHandler(logging.WARNING)
+        package.addHandler(handler)
+
+
 def handle_errors(func: F) -> F:
     """Turn library errors into one line on stderr and the documented exit code.
 
@@ -26,6 +48,7 @@ def handle_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         debug = kwargs.pop("debug", False)
+        show_library_warnings()
         try:
             return func(*args, **kwargs)
         except SegnextHubError as err:

@@ -108,16 +108,14 @@ def eval_command(name_or_path: str, data_dir: str, dataset: Optional[str], aug_t
         device = init_from_env(device, dist_timeout)
     try:
         model = _load(name_or_path, device, md_r, fast)
-        seed_source = "--seed"
-        if seed is None:
-            seed, seed_source = _training_seed(model, name_or_path)
-        if seed is None and rng == "image":
-            seed, seed_source = 0, "default; no training seed recorded"
         result = evaluate(model, data_dir, dataset=dataset, mode=mode, scale=scale or None,
                           crop_size=crop_size or None, stride=stride or None, aug_test=aug_test, seed=seed, rng=rng,
                           limit=limit, progress=False if quiet else None, batch_size=batch_size, workers=workers)
         if current_world().rank != 0:
             return
+        seed, seed_source = result.settings["seed"], result.settings["seed_source"]
+        if seed_source == "given":
+            seed_source = "--seed"
         if as_json:
             click.echo(json.dumps(dict(result.to_dict(), seed=seed, seed_source=seed_source), indent=2))
         else:
@@ -125,34 +123,6 @@ def eval_command(name_or_path: str, data_dir: str, dataset: Optional[str], aug_t
             click.echo(f"seed: {seed} ({seed_source}; rng {rng})")
     finally:
         finish()
-
-
-def _training_seed(model: object, name_or_path: str) -> tuple[Optional[int], str]:
-    """The training seed and where it was read: the model's record (config.json, the
-    safetensors metadata or the checkpoint's meta), else a cached artifact's training log
-    (caches pulled before the record was kept)."""
-    config = getattr(model, "segnext_config", {}) or {}
-    if config.get("training_seed") is not None:
-        return config["training_seed"], f"training seed, {config.get('training_seed_source') or 'recorded'}"
-    unknown = (None, "no training seed recorded; the NMF bases come from the unseeded global RNG")
-    from ..hub.cache import artifact_dir
-    from ..hub.pull import cached_manifest
-    from ..loading import resolve
-
-    try:
-        source = resolve(name_or_path, note=False)  # load() applied the same rule and said so
-        manifest = cached_manifest(source.name) if source.kind == "registry" else None
-    except Exception:  # noqa: BLE001 - not a registry name
-        return unknown
-    if not manifest or not manifest.get("log_file"):
-        return unknown
-    from ..conversion.record import record_from_log
-
-    try:
-        record = record_from_log(artifact_dir(source.name) / manifest["log_file"])
-    except Exception:  # noqa: BLE001 - an unreadable log only loses the default
-        return unknown
-    return (record.seed, f"training seed, {record.seed_source}") if record.seed is not None else unknown
 
 
 @click.command()

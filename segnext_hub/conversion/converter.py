@@ -10,7 +10,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .._version import __version__
+from ..config import ArtifactConfig
 from ..datasets import label_space, own_label_space
 from ..errors import BadInputError, VerificationError
 from ..fileio import check_destination as check_writable
@@ -19,15 +19,15 @@ from .detect import Detection, choose_layout, detect
 from .keymap import KeyMap, MappingResult, find_state_dict, load_key_map
 from .layouts import CANONICAL, get_layout, layout_names
 from .reading import Checkpoint, read_checkpoint
+from .log_header import record_from_log
 from .record import (
     Record,
     Resolution,
+    by_precedence,
     described_md_r_source,
     merge,
     read_metadata_record,
     read_record,
-    record_from_log,
-    resolve,
 )
 from .verify import (
     VerificationReport,
@@ -122,6 +122,18 @@ class Conversion:
         """The merged record: MD_R as the model uses it, training seed, own classes/palette."""
         return self.resolution.record
 
+    def artifact_config(self, name: Optional[str] = None) -> ArtifactConfig:
+        """What the converted weights are, with the record's values and their sources."""
+        det, rec = self.detection, self.report.record
+        segmentor = det.kind == "segmentor"
+        return ArtifactConfig(
+            variant=det.variant, kind=det.kind, name=name, num_classes=det.num_classes,
+            md_r=det.md_r, md_r_source=det.sources.get("md_r") if segmentor else None,
+            dataset=det.dataset, source_layout=det.layout,
+            training_seed=rec.get("training_seed"), training_seed_source=rec.get("training_seed_source"),
+            classes=rec.get("classes") if segmentor else None, classes_source=rec.get("classes_source"),
+            palette=rec.get("palette") if segmentor else None, palette_source=rec.get("palette_source"))
+
 
 def _normalise(state: dict[str, torch.Tensor], key_map: KeyMap) -> MappingResult:
     """Only the strip/drop rules: the source keys as the source model names them."""
@@ -166,7 +178,7 @@ def convert_checkpoint(
     forward = key_map.apply(state)
     override = (Record.of(md_r_source or "user override", md_r=md_r, seed=seed)
                 if md_r is not None or seed is not None else None)
-    resolution = resolve(override=override, checkpoint=artifact_record(checkpoint), log=log, registry=registry)
+    resolution = by_precedence(override=override, checkpoint=artifact_record(checkpoint), log=log, registry=registry)
     det = detect(forward.tensors, layout=layout, layout_source=layout_source, variant=variant,
                  num_classes=num_classes, md_r=resolution.record.md_r,
                  md_r_source=described_md_r_source(resolution.record))
@@ -231,31 +243,15 @@ def _merge(first: MappingResult, second: MappingResult) -> MappingResult:
     return merged
 
 
-def output_metadata(conv: Conversion, tool_version: str = __version__) -> dict[str, str]:
-    """String metadata stored in the safetensors header (and the .pth meta)."""
-    det, rep = conv.detection, conv.report
-    meta = {
-        "format": "pt",
-        "segnext_hub_version": tool_version,
-        "architecture": "segnext",
-        "variant": det.variant,
-        "kind": det.kind,
-        "layout": rep.target_layout,
-        "source_layout": det.layout,
-        "source_sha256": rep.source_sha256,
-        "source_file": Path(rep.source).name,
-        "key_map": rep.key_map,
-        "verification": json.dumps(rep.verification) if rep.verification else "skipped",
-    }
-    if det.kind == "segmentor":
-        meta.update(num_classes=str(det.num_classes), md_r=str(det.md_r),
-                    md_r_source=det.sources.get("md_r", ""), dataset=det.dataset or "unknown")
-        rec = rep.record
-        if rec.get("training_seed") is not None:
-            meta.update(training_seed=str(rec["training_seed"]), training_seed_source=rec["training_seed_source"])
-        for key in ("classes", "palette"):
-            if rec.get(key):
-                meta[key] = json.dumps(rec[key])
+def output_metadata(conv: Conversion) -> dict[str, str]:
+    """String metadata stored in the safetensors header (and the .pth meta): the artifact's
+    config, then what the conversion did (target layout, source file and hash, key map,
+    verification)."""
+    rep = conv.report
+    meta = conv.artifact_config(Path(rep.source).stem).to_metadata()
+    meta.update(layout=rep.target_layout, source_sha256=rep.source_sha256, source_file=Path(rep.source).name,
+                key_map=rep.key_map,
+                verification=json.dumps(rep.verification) if rep.verification else "skipped")
     return meta
 
 

@@ -98,7 +98,7 @@ def detect(
 ) -> Detection:
     """Detect everything not given from ``state``, already renamed to MMSeg's keys.
 
-    ``md_r`` is what the artifact's record (``conversion.record``, resolved by the
+    ``md_r`` is what the artifact's record (``conversion.record``, merged by the
     converter) or the user says, with ``md_r_source``; without one, the layout's default.
     """
     keys = list(state)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import BadInputError
-from ..models import create_model
+from ..models import build_model
 from .detect import Detection, first_keys
 from .layouts import get_layout
 from .official_tree import build_official
@@ -47,7 +47,7 @@ def build_for_layout(layout: str, det: Detection) -> nn.Module:
         if get_layout(layout).reference == "official":
             return build_official(det.variant, num_classes=det.num_classes or 150, md_r=det.md_r,
                                   backbone_only=backbone_only)
-        return create_model(det.variant, num_classes=det.num_classes or 150, md_r=det.md_r,
+        return build_model(det.variant, num_classes=det.num_classes or 150, md_r=det.md_r,
                             backbone_only=backbone_only)
 
 

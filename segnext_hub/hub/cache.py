@@ -10,22 +10,19 @@ change them without re-importing the module.
 
 from __future__ import annotations
 
-import builtins
 import contextlib
-import functools
 import json
 import os
 import re
 import shutil
-import types
 import uuid
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import filelock
 
-from ..errors import BadInputError, SegnextHubError
+from ..errors import BadInputError, DamagedEntryError
 from ..fileio import atomic_writer, file_mode, make_dirs
 
 try:  # POSIX: shared (reader) locks; elsewhere readers take the exclusive lock (see use_lock)
@@ -42,62 +39,50 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}")
 
 
 def _env_path(var: str) -> Optional[Path]:
-    """An empty variable counts as unset, as for the Hugging Face ones (see hf_constants)."""
+    """An empty variable counts as unset, as for the Hugging Face ones (see hf_paths)."""
     value = os.environ.get(var, "").strip()
     return Path(value).expanduser() if value else None
 
 
-@functools.lru_cache(maxsize=1)
-def _hf_constants_code() -> Any:
-    """The compiled source of huggingface_hub.constants; None where it ships without source."""
-    from huggingface_hub import constants
+@dataclass(frozen=True)
+class HfPaths:
+    """The Hugging Face folders, resolved now from the environment."""
 
-    try:
-        with open(constants.__file__, encoding="utf-8") as handle:
-            return compile(handle.read(), constants.__file__, "exec")
-    except (OSError, TypeError, SyntaxError):
-        return None
+    home: Path
+    hub_cache: Path
+    assets_cache: Path
 
 
-def hf_constants() -> dict:
-    """``huggingface_hub.constants`` evaluated now, against today's environment.
+def hf_paths() -> HfPaths:
+    """Where huggingface_hub keeps its files, by the chains its documentation gives.
 
-    That module freezes the environment when it is first imported, so a long-lived process
-    or a test would miss later changes. Running its own code again (compiled once; about a
-    millisecond) keeps its exact rules (``HF_HUB_CACHE``/``HF_ASSETS_CACHE``, the legacy
-    ``HUGGINGFACE_*`` names, ``HF_HOME``, ``XDG_CACHE_HOME``, ``~`` and ``$VAR`` expansion)
-    without us restating them. One deliberate difference: the code sees a copy of the
-    environment without empty variables, so ``HF_HOME=`` means unset, as for
-    ``SEGNEXT_HUB_CACHE``, instead of a relative ``hub``/``assets`` folder in the current
-    directory. Nothing global changes: ``os.environ`` and the imported module are untouched.
+    ``HF_HOME`` (else ``$XDG_CACHE_HOME/huggingface``, else ``~/.cache/huggingface``);
+    ``HF_HUB_CACHE`` (else the legacy ``HUGGINGFACE_HUB_CACHE``, else ``$HF_HOME/hub``);
+    ``HF_ASSETS_CACHE`` (else ``HUGGINGFACE_ASSETS_CACHE``, else ``$HF_HOME/assets``); ``~``
+    and ``$VAR`` expanded. Read at every call, unlike ``huggingface_hub.constants``, which
+    freezes the environment when first imported (a long-lived process or a test would miss
+    later changes). One deliberate difference: an empty variable counts as unset, as for
+    ``SEGNEXT_HUB_CACHE``, instead of naming a relative folder in the current directory.
+    ``tests/hub/test_cache.py`` compares these chains with the installed huggingface_hub.
     """
-    code = _hf_constants_code()
-    if code is None:  # no source to re-run: the values frozen at import are the best there is
-        from huggingface_hub import constants
+    def var(name: str) -> Optional[str]:
+        value = os.environ.get(name, "")
+        return value if value.strip() else None
 
-        return dict(vars(constants))
-    env = {key: value for key, value in os.environ.items() if value.strip()}
-    os_view = types.ModuleType("os")
-    os_view.__dict__.update(vars(os))
-    os_view.environ = env  # type: ignore[attr-defined]
-    os_view.getenv = env.get  # type: ignore[attr-defined]
+    def expand(path: str) -> Path:
+        return Path(os.path.expandvars(os.path.expanduser(path)))
 
-    def _import(name: str, *args: Any, **kwargs: Any) -> Any:
-        return os_view if name == "os" else builtins.__import__(name, *args, **kwargs)
-
-    namespace: dict = {"__name__": "segnext_hub._hf_constants_now", "__package__": "huggingface_hub",
-                       "__builtins__": {**vars(builtins), "__import__": _import}}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # huggingface_hub already warned at its import
-        exec(code, namespace)  # noqa: S102 - huggingface_hub's own module source
-    return namespace
+    xdg = var("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    home = str(expand(var("HF_HOME") or os.path.join(xdg, "huggingface")))
+    return HfPaths(
+        home=Path(home),
+        hub_cache=expand(var("HF_HUB_CACHE") or var("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub")),
+        assets_cache=expand(var("HF_ASSETS_CACHE") or var("HUGGINGFACE_ASSETS_CACHE") or os.path.join(home, "assets")))
 
 
 def hf_assets_cache() -> Path:
-    """The Hugging Face assets cache, exactly as huggingface_hub resolves it (see
-    :func:`hf_constants`): ``$HF_ASSETS_CACHE``, else ``$HF_HOME/assets``, else
-    ``${XDG_CACHE_HOME:-~/.cache}/huggingface/assets``."""
-    return Path(hf_constants()["HF_ASSETS_CACHE"])
+    """The Hugging Face assets cache (see :func:`hf_paths`)."""
+    return hf_paths().assets_cache
 
 
 def cache_root() -> Path:
@@ -157,14 +142,6 @@ def offline_variable() -> Optional[str]:
 
 def manifest_path(name: str) -> Path:
     return artifact_dir(name) / MANIFEST
-
-
-class DamagedEntryError(SegnextHubError):
-    """A cached artifact's files are not what its manifest records (or the manifest itself
-    is unreadable). The message names the artifact, what is wrong and the command that
-    repairs it. Exit 1, like any failed verification."""
-
-    exit_code = 1
 
 
 def damaged(name: str, problem: str, *, force: bool = False) -> DamagedEntryError:

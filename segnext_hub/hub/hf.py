@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from ..errors import BadInputError, DownloadError, OfflineError, SegnextHubError
-from .cache import hf_constants, is_offline, offline_variable
+from .cache import hf_paths, is_offline, offline_variable
 from .config import CONFIG_FILE, MODEL_FILE, REPO_FILES, read_config
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -40,9 +40,9 @@ def hub_endpoint(endpoint: Optional[str] = None) -> str:
 
 def hf_hub_cache() -> Path:
     """Where huggingface_hub keeps downloaded repos, by its own rules but read now (see
-    ``cache.hf_constants``): ``$HF_HUB_CACHE``, else ``$HUGGINGFACE_HUB_CACHE``, else
+    ``cache.hf_paths``): ``$HF_HUB_CACHE``, else ``$HUGGINGFACE_HUB_CACHE``, else
     ``$HF_HOME/hub``, else ``${XDG_CACHE_HOME:-~/.cache}/huggingface/hub``."""
-    return Path(hf_constants()["HF_HUB_CACHE"])
+    return hf_paths().hub_cache
 
 
 def _offline_reason() -> Optional[str]:
@@ -192,8 +192,8 @@ def _check_snapshot(folder: Path, where: str) -> Path:
     if missing:
         raise BadInputError(f"{where} has no {' or '.join(missing)}: not a segnext-hub export "
                             "(publish one with `segnext-hub push`)")
-    config = read_config(folder / CONFIG_FILE)
-    if config.get("architecture") != "segnext":
-        raise BadInputError(f"{where}: {CONFIG_FILE} does not describe a SegNeXt (architecture "
-                            f"{config.get('architecture')!r})")
+    try:
+        read_config(folder / CONFIG_FILE)
+    except BadInputError as err:  # name the repo, not the snapshot path inside the HF cache
+        raise BadInputError(str(err).replace(str(folder / CONFIG_FILE), f"{where}: {CONFIG_FILE}")) from None
     return folder

@@ -7,8 +7,8 @@ re-exports it); it lives here, free of torch, so that commands which only look t
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -18,6 +18,8 @@ from .registry import get_artifact
 
 HF_SCHEME = "hf://"
 _CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".pkl", ".bin", ".ckpt")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,8 @@ def resolve(name_or_path: Union[str, Path], *, note: bool = True) -> Source:
             return _local(Path(text))
         raise
     if note and os.path.lexists(text):
-        print(f"note: {text!r} is the registry artifact {artifact.name}; write ./{text} for the local "
-              "path of that name", file=sys.stderr)
+        logger.warning("%r is the registry artifact %s; write ./%s for the local path of that name",
+                       text, artifact.name, text, extra={"cli_prefix": "note"})
     return Source("registry", artifact.name)
 
 

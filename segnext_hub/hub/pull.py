@@ -19,17 +19,17 @@ repairs it (keeping a downloaded file that is still intact).
 
 from __future__ import annotations
 
-import json
-import sys
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from .._version import __version__
-from ..conversion.record import Record, record_from_log  # pure Python: no torch
+from ..conversion.log_header import record_from_log  # pure Python: no torch
+from ..conversion.record import Record
 from ..errors import BadInputError, DownloadError, OfflineError, SegnextHubError
-from ..fileio import atomic_write_bytes, sha256_file
+from ..fileio import sha256_file
 from .cache import (
     MANIFEST,
     DamagedEntryError,
@@ -43,8 +43,10 @@ from .cache import (
     use_lock,
     write_manifest,
 )
-from .config import CONFIG_FILE, MODEL_FILE, make_config
+from .config import CONFIG_FILE, MODEL_FILE, with_registry, write_config
 from .registry import Artifact, get_artifact
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 2  # 2: 'files' records size + sha256 of every file
 
@@ -244,11 +246,9 @@ def _pull_locked(art: Artifact, folder: Path, *, strict: bool, progress: Optiona
     disagreements = [f"{art.name}: sources disagree: {line}" for line in conversion.report.disagreements]
     for message in ([warning] if warning else []) + disagreements:
         warnings.append(message)
-        print(f"warning: {message}", file=sys.stderr)
+        logger.warning("%s", message)
     model_sha = write_output(conversion, folder / MODEL_FILE, force=True)
-    detection = conversion.detection.to_dict()
-    config = make_config(detection, name=art.name, artifact=art, record=conversion.report.record)
-    atomic_write_bytes(folder / CONFIG_FILE, json.dumps(config, indent=2).encode(), force=True)
+    write_config(folder, with_registry(conversion.artifact_config(art.name), art))
     files = record_files(folder, {f"raw/{art.filename}": result.sha256, MODEL_FILE: model_sha, CONFIG_FILE: "",
                                   **({log_file: ""} if log_file else {})})
     manifest = {

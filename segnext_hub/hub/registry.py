@@ -439,8 +439,8 @@ def expected_shapes(artifact: Artifact) -> dict[str, tuple[int, ...]]:
 def _meta_model_shapes(variant: str, num_classes: Optional[int], backbone_only: bool) -> Mapping[str, tuple[int, ...]]:
     import torch
 
-    from ..models import create_model
+    from ..models import build_model
 
     with torch.device("meta"):
-        model = create_model(variant, num_classes=num_classes or 1, backbone_only=backbone_only)
+        model = build_model(variant, num_classes=num_classes or 1, backbone_only=backbone_only)
     return types.MappingProxyType({key: tuple(t.shape) for key, t in model.state_dict().items()})

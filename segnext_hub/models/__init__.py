@@ -4,6 +4,9 @@ Nothing here imports from the rest of segnext_hub. The names below are imported 
 use (PEP 562), so that reading :mod:`.variants` -- pure data, which the registry checks
 names against -- does not import torch: that keeps torch out of the commands that need
 no model (``segnext-hub list``, ``info``, a cached ``pull``...).
+
+``build_model`` makes the bare module tree; the public ``segnext_hub.create_model`` (in
+``loading``) wraps it with MMSeg's initialisation record, a config and pretrained backbones.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these resolve lazily below
-    from .factory import build_backbone, create_model
+    from .factory import build_backbone, build_model
     from .ham_head import NMF2D, Hamburger, LightHamHead
     from .mscan import MSCAN
     from .predict import Prediction
@@ -21,7 +24,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time these resolve lazil
     from .variants import VARIANTS, Variant, get_variant
 
 _EXPORTS = {
-    "build_backbone": "factory", "create_model": "factory",
+    "build_backbone": "factory", "build_model": "factory",
     "NMF2D": "ham_head", "Hamburger": "ham_head", "LightHamHead": "ham_head",
     "MSCAN": "mscan", "Prediction": "predict", "MEAN_RGB": "preprocessing", "STD_RGB": "preprocessing",
     "SegNeXt": "segnext", "VARIANTS": "variants", "Variant": "variants", "get_variant": "variants",

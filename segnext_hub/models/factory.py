@@ -18,7 +18,7 @@ def build_backbone(variant: Variant, drop_path_rate: Optional[float] = None) -> 
     return MSCAN(variant.embed_dims, variant.depths, variant.mlp_ratios, drop_path_rate=rate)
 
 
-def create_model(
+def build_model(
     variant: Union[str, Variant],
     *,
     num_classes: int = 150,

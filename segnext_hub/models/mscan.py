@@ -8,12 +8,15 @@ non-contiguous input). Where a line looks redundant, that is usually why.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence, TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from .variants import STRIP_KERNEL_SIZES
+
+if TYPE_CHECKING:  # the config lives above models; models import nothing else from the package
+    from ..config import ArtifactConfig
 
 # MMSeg initialises the layer scales to this; real weights overwrite it.
 LAYER_SCALE_INIT = 1e-2
@@ -152,6 +155,10 @@ class MSCABlock(nn.Module):
 
 class MSCAN(nn.Module):
     """The four-stage backbone. ``forward`` returns features at strides 4, 8, 16, 32."""
+
+    #: What the artifact is (set by ``segnext_hub.load``/``create_model``; None for a model
+    #: built directly): variant, classes, MD_R and where each decisive value came from.
+    segnext_config: Optional[ArtifactConfig] = None
 
     def __init__(
         self,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -15,9 +15,16 @@ from .mscan import MSCAN
 from .predict import SegmentationInference
 from .variants import check_positive_int
 
+if TYPE_CHECKING:  # the config lives above models; models import nothing else from the package
+    from ..config import ArtifactConfig
+
 
 class SegNeXt(SegmentationInference, nn.Module):
     """``model(x)`` gives logits at 1/8 of the input size, like MMSeg's ``mode='tensor'``."""
+
+    #: What the artifact is (set by ``segnext_hub.load``/``create_model``; None for a model
+    #: built directly): variant, classes, MD_R and where each decisive value came from.
+    segnext_config: Optional[ArtifactConfig] = None
 
     def __init__(self, backbone: MSCAN, decode_head: LightHamHead) -> None:
         super().__init__()

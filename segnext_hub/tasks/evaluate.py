@@ -2,7 +2,7 @@
 
 The folder is walked the way MMSeg's dataset classes walk it (sorted image paths, labels
 decoded and, for ADE20K, zero-reduced as its ``LoadAnnotations`` does); the metric is
-:class:`segnext_hub.metrics.IoUAccumulator`, a step-by-step twin of MMSeg's ``IoUMetric``.
+:class:`segnext_hub.tasks.metrics.IoUAccumulator`, a step-by-step twin of MMSeg's ``IoUMetric``.
 
 Seeds: the NMF head draws random bases at every forward. With ``rng="image"`` (the
 default) image ``i``'s bases come from a generator seeded with ``image_seed(seed, i)``
@@ -35,6 +35,7 @@ from ..models.preprocessing import ResizedImage, resize_for_test
 from ..progress import progress_bar
 from .distributed import all_sum, current_world, raise_if_any_failed, shard
 from .metrics import IGNORE_INDEX, IoUAccumulator, two_places
+from .seeds import recorded_seed
 from .tta import REFERENCES, TTA_RATIOS, predict_tta
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -60,7 +61,7 @@ class Layout:
     stride: tuple[int, int]
 
 
-LAYOUTS: dict[str, Layout] = {
+DATASET_LAYOUTS: dict[str, Layout] = {
     # configs/_base_/datasets/ade20k.py + segnext configs (test_cfg mode='whole').
     "ade20k": Layout("ade20k", "ADEChallengeData2016", "images/validation", "annotations/validation",
                      ".jpg", ".png", True, "whole", (2048, 512), (512, 512), (341, 341)),
@@ -89,11 +90,11 @@ def find_dataset(data_dir: PathLike, dataset: Optional[str] = None) -> tuple[Lay
         raise BadInputError(f"data directory {base} does not exist")
     if dataset is not None:
         key = get_dataset(dataset).name
-        if key not in LAYOUTS:
-            raise BadInputError(f"evaluation supports the {' and '.join(LAYOUTS)} layouts, not {key}")
-        candidates = [LAYOUTS[key]]
+        if key not in DATASET_LAYOUTS:
+            raise BadInputError(f"evaluation supports the {' and '.join(DATASET_LAYOUTS)} layouts, not {key}")
+        candidates = [DATASET_LAYOUTS[key]]
     else:
-        candidates = list(LAYOUTS.values())
+        candidates = list(DATASET_LAYOUTS.values())
     found = []
     for layout in candidates:
         roots = [base] + sorted(p for p in base.iterdir() if p.is_dir())
@@ -251,8 +252,8 @@ def iter_samples(data_dir: PathLike, dataset: Optional[str] = None,
 def _class_names(model: Any, dataset: str) -> tuple[str, ...]:
     """The names the model's own record gives its classes (a relabelled label space), else
     the dataset's."""
-    config = getattr(model, "segnext_config", {}) or {}
-    return label_space(int(model.num_classes), dataset, config.get("classes")).classes
+    config = model.segnext_config
+    return label_space(int(model.num_classes), dataset, config.classes if config else None).classes
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -325,9 +326,11 @@ def evaluate(
     ``dataset`` None picks the layout found in ``data_dir``. ``mode``/``scale``/``crop_size``/
     ``stride`` default to the dataset's test settings (ADE20K: whole, (2048, 512);
     Cityscapes: slide 1024x1024 every 768 after a (2048, 1024) resize). ``aug_test`` runs
-    :func:`segnext_hub.tta.predict_tta` (multi-scale + flip; ``aug_reference`` says what
-    the ratios multiply). ``seed``/``rng``: see the module docstring (``seed`` None is 0
-    in ``rng="image"``; in ``"sequential"`` it leaves the global RNG alone). ``workers``
+    :func:`segnext_hub.tasks.tta.predict_tta` (multi-scale + flip; ``aug_reference`` says what
+    the ratios multiply). ``seed``/``rng``: see the module docstring; ``seed`` None is the
+    training seed the artifact records (:func:`segnext_hub.tasks.seeds.recorded_seed`), else
+    0 in ``rng="image"`` (in ``"sequential"`` it leaves the global RNG alone); the result's
+    ``settings`` say which seed ran and where it came from. ``workers``
     DataLoader processes decode and resize; ``batch_size`` images (or one image's slide
     windows) of one size share a forward, with each image's bases drawn as if alone
     (TTA views run one at a time). In a process group (``torch.distributed``) every rank
@@ -354,7 +357,13 @@ def evaluate(
     test_scale = _pair(scale, layout.scale, "scale")
     crop = _pair(crop_size, layout.crop_size, "crop size")
     step = _pair(stride, layout.stride, "stride")
-    settings = {"mode": mode, "scale": list(test_scale), "aug_test": aug_test, "seed": seed, "rng": rng,
+    seed_source = "given"
+    if seed is None:
+        seed, seed_source = recorded_seed(model)
+    if seed is None and rng == "image":
+        seed, seed_source = 0, f"default 0; {seed_source}"
+    settings = {"mode": mode, "scale": list(test_scale), "aug_test": aug_test, "seed": seed,
+                "seed_source": seed_source, "rng": rng,
                 "limit": limit, "reduce_zero_label": layout.reduce_zero_label, "ignore_index": IGNORE_INDEX}
     if mode == "slide":
         settings.update(crop_size=list(crop), stride=list(step))
@@ -369,8 +378,7 @@ def evaluate(
     steps = math.ceil(math.ceil(len(samples) / world.size) / batch_size)  # the same on every rank
     areas = np.zeros((len(samples), len(IoUAccumulator.KINDS), num_classes), dtype=np.int64)
     acc = IoUAccumulator(num_classes)
-    run = _Runner(model, mode, test_scale, crop, step, aug_test, aug_ratios, aug_reference, rng,
-                  0 if seed is None and rng == "image" else seed, batch_size)
+    run = _Runner(model, mode, test_scale, crop, step, aug_test, aug_ratios, aug_reference, rng, seed, batch_size)
     start = time.perf_counter()
     error: Optional[BaseException] = None
     with progress_bar(len(samples), "eval", progress if world.rank == 0 else False, unit="img") as bar:

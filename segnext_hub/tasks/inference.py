@@ -15,26 +15,23 @@ from ..errors import BadInputError
 from ..fileio import atomic_write_bytes
 from ..models.preprocessing import resize_for_test
 from ..progress import progress_bar
-from .evaluate import LAYOUTS, load_image
+from .evaluate import DATASET_LAYOUTS, load_image
 from .visualize import save_outputs
 
 
 def test_settings(model: Any, mode: Optional[str] = None) -> dict[str, Any]:
     """predict() keyword arguments from the model's config (test mode, resize, crop, stride)."""
-    config = getattr(model, "segnext_config", {}) or {}
+    config = model.segnext_config
     settings: dict[str, Any] = {"mode": "whole"}
-    layout = LAYOUTS.get(config.get("dataset") or "")
+    layout = DATASET_LAYOUTS.get(config.dataset or "") if config else None
     if layout is not None:  # evaluate's per-dataset MMSeg test settings
         settings = {"mode": layout.mode, "scale": layout.scale, "crop_size": layout.crop_size,
                     "stride": layout.stride}
-    if config.get("test_mode"):
-        settings["mode"] = config["test_mode"]
-    if config.get("resize_scale"):
-        settings["scale"] = tuple(config["resize_scale"])
-    if config.get("test_crop_size"):
-        settings["crop_size"] = tuple(config["test_crop_size"])
-    if config.get("test_stride"):
-        settings["stride"] = tuple(config["test_stride"])
+    if config is not None:
+        for key, value in (("mode", config.test_mode), ("scale", config.resize_scale),
+                           ("crop_size", config.test_crop_size), ("stride", config.test_stride)):
+            if value:
+                settings[key] = value
     if mode is not None:
         settings["mode"] = mode
     if settings["mode"] == "slide":
@@ -49,8 +46,10 @@ LEGEND_FILE = "legend.json"
 def model_label_space(model: Any) -> LabelSpace:
     """The classes and colours a model's outputs are shown with: those the artifact
     recorded (config.json / safetensors metadata / checkpoint meta), else its dataset's."""
-    config = getattr(model, "segnext_config", {}) or {}
-    return label_space(int(model.num_classes), config.get("dataset"), config.get("classes"), config.get("palette"))
+    config = model.segnext_config
+    if config is None:
+        return label_space(int(model.num_classes), None)
+    return label_space(int(model.num_classes), config.dataset, config.classes, config.palette)
 
 
 def write_legend(space: LabelSpace, out: Path) -> Path:

@@ -23,7 +23,7 @@ always show the batch count; its JSON logs give the training step. See
 
 Metrics are reported in percent, rounded to two decimals when read (a fraction 0.3913
 becomes 39.13, never 39.129999999999995). The seed and ``MD_R`` come from
-:mod:`segnext_hub.conversion.record`, the one reader of config text.
+:mod:`segnext_hub.conversion.config_text`, the one reader of config text.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-from ..conversion.record import LOG_LINE, LogHeader, read_log_header, record_from_header
+from ..conversion.log_header import LOG_LINE, LogHeader, read_log_header, record_from_header
 from ..errors import BadInputError
 
 PathLike = Union[str, "os.PathLike[str]"]

@@ -22,13 +22,14 @@ from ..conversion.converter import convert_checkpoint, write_output
 from ..conversion.reading import read_checkpoint
 from ..errors import BadInputError, OfflineError
 from ..fileio import make_temp_dir
+from ..config import ArtifactConfig
 from ..hub.config import (
     CARD_FILE,
     CONFIG_FILE,
     MODEL_FILE,
     REPO_FILES,
-    make_config,
     read_config,
+    write_config,
 )
 from ..hub.hf import _hub_errors, _offline_reason, check_repo_id, hub_endpoint
 from ..hub.pull import pull
@@ -49,7 +50,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 class _Staged:
     """What a source left in the staging folder, and what the model card should say."""
 
-    config: dict[str, Any]
+    config: ArtifactConfig
     artifact: Any = None  # registry.Artifact, for registry names
     manifest: dict[str, Any] = field(default_factory=dict)  # cache manifest (registry names)
     conversion: dict[str, Any] = field(default_factory=dict)  # ConvertReport.to_dict() (local files)
@@ -85,8 +86,8 @@ def _stage_file(path: Path, staging: Path) -> _Staged:
     """Convert with verification on: nothing unverified is ever published."""
     conversion = convert_checkpoint(read_checkpoint(path), verify=True)  # reads the file's own record
     model_sha = write_output(conversion, staging / MODEL_FILE)
-    config = make_config(conversion.detection.to_dict(), name=path.stem, record=conversion.report.record)
-    (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
+    config = conversion.artifact_config(path.stem)
+    write_config(staging, config)
     return _Staged(config, conversion=conversion.report.to_dict(), model_sha256=model_sha)
 
 
@@ -113,13 +114,13 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _registry_match(config: dict[str, Any]) -> Any:
+def _registry_match(config: ArtifactConfig) -> Any:
     """The registry entry a folder came from, when its config names it and its URL agrees."""
     try:
-        art = get_artifact(str(config.get("name") or ""))
+        art = get_artifact(str(config.name or ""))
     except BadInputError:
         return None
-    return art if art.url == config.get("source_url") else None
+    return art if art.url == config.source_url else None
 
 
 def _stage(name_or_path: Union[str, PathLike], staging: Path) -> _Staged:
@@ -210,15 +211,15 @@ def _hub_license(text: Optional[str]) -> dict[str, str]:
     return {"license": "other", "license_name": "see-model-card", "license_link": "LICENSE"}
 
 
-def _card_data(config: dict[str, Any], licence: Optional[str]) -> Any:
+def _card_data(config: ArtifactConfig, licence: Optional[str]) -> Any:
     """The front matter as huggingface_hub's ``ModelCardData``: the Hub's own field names and
     YAML rendering (fields left unset are omitted)."""
     from huggingface_hub import ModelCardData
 
-    tags = ["semantic-segmentation", "segnext", "mscan", f"segnext-{config['variant']}"]
-    if config.get("dataset"):
-        tags.append(str(config["dataset"]))
-    if config.get("kind") == "backbone":
+    tags = ["semantic-segmentation", "segnext", "mscan", f"segnext-{config.variant}"]
+    if config.dataset:
+        tags.append(str(config.dataset))
+    if config.kind == "backbone":
         tags.append("backbone")
     return ModelCardData(library_name="segnext-hub", pipeline_tag="image-segmentation", tags=tags,
                          **_hub_license(licence))
@@ -251,13 +252,13 @@ def _metrics_section(artifact: Any) -> list[str]:
     ]
 
 
-def _md_r_section(config: dict[str, Any], artifact: Any, repo: str) -> list[str]:
-    if config.get("kind") == "backbone":
+def _md_r_section(config: ArtifactConfig, artifact: Any, repo: str) -> list[str]:
+    if config.kind == "backbone":
         return []
-    source = str(config.get("md_r_source") or "not recorded").rstrip(". ")
-    other = 16 if config.get("md_r") == 64 else 64
+    source = str(config.md_r_source or "not recorded").rstrip(". ")
+    other = 16 if config.md_r == 64 else 64
     lines = ["## The NMF rank (MD_R)", "",
-             f"`md_r = {config.get('md_r')}`, from: {source}.", "",
+             f"`md_r = {config.md_r}`, from: {source}.", "",
              "No weight depends on it, but outputs do. To run with another rank: "
              f"`segnext_hub.load(\"hf://{repo}\", md_r={other})`."]
     # Only a value the registry chose is in doubt; one the checkpoint or its log records is settled.
@@ -267,8 +268,8 @@ def _md_r_section(config: dict[str, Any], artifact: Any, repo: str) -> list[str]
     return lines + [""]
 
 
-def _seed_section(config: dict[str, Any]) -> list[str]:
-    if config.get("kind") == "backbone":
+def _seed_section(config: ArtifactConfig) -> list[str]:
+    if config.kind == "backbone":
         return []
     return ["## Reproducibility: the NMF seed", "",
             "The LightHamHead factorises features with NMF starting from random bases drawn at "
@@ -279,19 +280,19 @@ def _seed_section(config: dict[str, Any]) -> list[str]:
             "SegNeXt varies with this seed and advises reusing the training seed from the log.", ""]
 
 
-def _usage_section(config: dict[str, Any], repo: str) -> list[str]:
+def _usage_section(config: ArtifactConfig, repo: str) -> list[str]:
     lines = ["## Usage", "", "```sh", "pip install segnext-hub", "```", "", "```python",
              "import torch, segnext_hub", "",
              f'model = segnext_hub.load("hf://{repo}")   # eval mode; device=, dtype=, md_r= as needed']
-    if config.get("kind") == "backbone":
+    if config.kind == "backbone":
         lines += ["features = model(torch.randn(1, 3, 224, 224))   # four maps at strides 4, 8, 16, 32"]
     else:
         args = []
-        if config.get("test_mode") == "slide":
-            args += ['mode="slide"', f"crop_size={tuple(config['test_crop_size'])}",
-                     f"stride={tuple(config['test_stride'])}"]
-        if config.get("resize_scale"):
-            args.insert(0, f"scale={tuple(config['resize_scale'])}")
+        if config.test_mode == "slide":
+            args += ['mode="slide"', f"crop_size={tuple(config.test_crop_size)}",
+                     f"stride={tuple(config.test_stride)}"]
+        if config.resize_scale:
+            args.insert(0, f"scale={tuple(config.resize_scale)}")
         extra = (", " + ", ".join(args)) if args else ""
         lines += ["torch.manual_seed(0)                      # see 'Reproducibility' below",
                   f"(pred,) = model.predict(rgb{extra})   # rgb: (H, W, 3) uint8; pred.mask: (H, W) class ids"]
@@ -309,7 +310,7 @@ def _verification_text(conversion: dict[str, Any]) -> str:
             f"max abs difference {ver.get('max_abs_diff')} (tolerance {ver.get('atol')})")
 
 
-def _provenance_section(config: dict[str, Any], artifact: Any, manifest: dict[str, Any],
+def _provenance_section(config: ArtifactConfig, artifact: Any, manifest: dict[str, Any],
                         conversion: dict[str, Any], model_sha256: str) -> list[str]:
     lines = ["## Provenance", ""]
     if artifact is not None:
@@ -328,16 +329,16 @@ def _provenance_section(config: dict[str, Any], artifact: Any, manifest: dict[st
     else:
         lines.append("- Source: not recorded.")
     det = (conversion or {}).get("detection") or {}
-    layout = config.get("source_layout") or det.get("layout") or "unknown"
-    version = config.get("segnext_hub_version", __version__)
+    layout = config.source_layout or det.get("layout") or "unknown"
+    version = config.segnext_hub_version
     how = ("already MMSegmentation 1.x names, re-saved" if layout == "mmseg"
            else "renamed to MMSegmentation 1.x names")
     lines += [f"- Key layout of the source: `{layout}`; {how} by segnext-hub {version}",
               f"- Verification of the conversion: {_verification_text(conversion)}",
               f"- `{MODEL_FILE}` sha256: `{model_sha256 or 'not recorded'}`",
-              f"- Model: SegNeXt-{str(config['variant']).upper()}, {config.get('kind')}"
-              + (f", {config.get('num_classes')} classes ({config.get('dataset') or 'unknown dataset'})"
-                 if config.get("kind") == "segmentor" else ""), ""]
+              f"- Model: SegNeXt-{str(config.variant).upper()}, {config.kind}"
+              + (f", {config.num_classes} classes ({config.dataset or 'unknown dataset'})"
+                 if config.kind == "segmentor" else ""), ""]
     return lines
 
 
@@ -347,15 +348,15 @@ def _license_section(licence: Optional[str]) -> list[str]:
     return ["## Licence", "", text, ""]
 
 
-def model_card(config: dict[str, Any], repo_id: str, *, artifact: Any = None,
+def model_card(config: ArtifactConfig, repo_id: str, *, artifact: Any = None,
                manifest: Optional[dict[str, Any]] = None, conversion: Optional[dict[str, Any]] = None,
                model_sha256: str = "") -> str:
     """The README.md: front matter the Hub indexes, then what a user needs to trust the
     weights (numbers with their source, provenance, MD_R, seed) and to use them."""
-    licence = artifact.license if artifact is not None else config.get("license")
-    dataset = _DATASET_TITLES.get(str(config.get("dataset")), config.get("dataset") or "unknown data")
-    what = "ImageNet-pretrained MSCAN backbone" if config.get("kind") == "backbone" else f"{dataset} model"
-    title = f"# SegNeXt-{str(config['variant']).upper()} {what}"
+    licence = artifact.license if artifact is not None else config.license
+    dataset = _DATASET_TITLES.get(str(config.dataset), config.dataset or "unknown data")
+    what = "ImageNet-pretrained MSCAN backbone" if config.kind == "backbone" else f"{dataset} model"
+    title = f"# SegNeXt-{str(config.variant).upper()} {what}"
     if artifact is not None:
         title += f" (`{artifact.name}`)"
     intro = ["", "SegNeXt weights with MMSegmentation 1.x parameter names, for "

@@ -12,7 +12,6 @@ weights and moments of different steps.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -22,12 +21,12 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from .._version import __version__
+from ..config import ArtifactConfig
 from ..conversion.detect import detect_variant
 from ..conversion.verify import check_keys
 from ..conversion.writing import write_pth, write_safetensors
 from ..datasets import label_space
 from ..errors import BadInputError
-from ..hub.config import config_from_metadata
 from ..loading import map_safetensors, safetensors_metadata
 from ..models import MSCAN, SegNeXt
 
@@ -76,32 +75,32 @@ def save_checkpoint(path: Union[str, Path], model: nn.Module, *, classes: Option
 
 def _metadata(model: nn.Module, tensors: dict[str, torch.Tensor], classes: Optional[Sequence[str]],
               palette: Optional[Sequence[Sequence[int]]], iteration: Optional[int]) -> dict[str, str]:
-    config = getattr(model, "segnext_config", None) or {}
     segmentor = isinstance(model, SegNeXt)
-    meta = {
-        "format": "pt", "segnext_hub_version": __version__, "architecture": "segnext",
-        "variant": detect_variant(tensors), "kind": "segmentor" if segmentor else "backbone", "layout": "mmseg",
-        "source": "segnext_hub.training.save_checkpoint",
-    }
-    if iteration is not None:
-        meta["iteration"] = str(int(iteration))
+    config = model.segnext_config or ArtifactConfig(
+        variant=detect_variant(tensors), kind="segmentor" if segmentor else "backbone",
+        num_classes=model.decode_head.num_classes if segmentor else None)
     if not segmentor:
         if classes is not None or palette is not None:
             raise BadInputError("a backbone has no classes: classes/palette only go with a segmentor")
-        return meta
-    num_classes = model.decode_head.num_classes
-    meta.update(num_classes=str(num_classes), md_r=str(model.decode_head.md_r),
-                md_r_source=str(config.get("md_r_source") or "the trained model's head"),
-                dataset=str(config.get("dataset") or "custom"))
-    for name, values in (("classes", classes), ("palette", palette)):
-        if values is not None and len(values) != num_classes:
-            raise BadInputError(f"{len(values)} {name} for a {num_classes}-class head")
-    if classes is not None:
-        space = label_space(num_classes, None, list(classes), palette)
-        meta["classes"] = json.dumps([str(c) for c in classes])
-        meta["palette"] = json.dumps([list(rgb) for rgb in space.palette])
-    elif palette is not None:
-        meta["palette"] = json.dumps([[int(v) for v in rgb] for rgb in palette])
+    else:
+        num_classes = model.decode_head.num_classes
+        for name, values in (("classes", classes), ("palette", palette)):
+            if values is not None and len(values) != num_classes:
+                raise BadInputError(f"{len(values)} {name} for a {num_classes}-class head")
+        # The trained head is the truth about classes and rank, whatever the config said.
+        config = config.replace(num_classes=num_classes, md_r=model.decode_head.md_r,
+                                md_r_source=config.md_r_source or "the trained model's head")
+        if classes is not None:
+            space = label_space(num_classes, None, list(classes), palette)
+            config = config.replace(classes=tuple(str(c) for c in classes), classes_source="save_checkpoint",
+                                    palette=space.palette, palette_source="save_checkpoint")
+        elif palette is not None:
+            config = config.replace(palette=tuple(tuple(int(v) for v in rgb) for rgb in palette),
+                                    palette_source="save_checkpoint")
+    meta = config.replace(new_weights=()).to_metadata()  # every weight is the saved model's now
+    meta.update(layout="mmseg", source="segnext_hub.training.save_checkpoint")
+    if iteration is not None:
+        meta["iteration"] = str(int(iteration))
     return meta
 
 
@@ -118,15 +117,15 @@ def resume_checkpoint(path: Union[str, Path], model: nn.Module, optimizer: Optio
     if not path.is_file():
         raise BadInputError(f"no checkpoint at {path}")
     meta = safetensors_metadata(path)
-    config = config_from_metadata(meta)
+    config = ArtifactConfig.from_metadata(meta, f"{path} metadata")
     if config is None:
         raise BadInputError(f"{path} is not a segnext-hub checkpoint (no SegNeXt config in its header)")
     tensors = map_safetensors(path)
     try:
         check_keys(tensors, model.state_dict())
     except BadInputError as err:
-        raise BadInputError(f"{path} holds a SegNeXt-{config['variant'].upper()} {config['kind']} with "
-                            f"{config.get('num_classes')} classes; it does not fit this model ({err})") from None
+        raise BadInputError(f"{path} holds a SegNeXt-{config.variant.upper()} {config.kind} with "
+                            f"{config.num_classes} classes; it does not fit this model ({err})") from None
     model.load_state_dict(tensors)
     iteration = int(meta["iteration"]) if meta.get("iteration", "").isdigit() else None
     result: dict[str, Any] = {"iteration": iteration, "extra": {}}

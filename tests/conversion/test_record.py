@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from segnext_hub.conversion.record import (
-    DEFAULT_MD_R, Record, md_r_from_config, merge, read_log_header, read_record, record_from_log, resolve,
-    seed_from_config,
-)
+from segnext_hub.conversion.config_text import DEFAULT_MD_R, md_r_from_config, seed_from_config
+from segnext_hub.conversion.log_header import read_log_header, record_from_log
+from segnext_hub.conversion.record import Record, by_precedence, merge, read_record
 from segnext_hub.errors import BadInputError
 from segnext_hub.tasks.logs import parse_log
 
@@ -268,7 +267,7 @@ def test_resolve_precedence_and_disagreements():
     checkpoint = read_record({"meta": mmcv_meta("mmcv-1.4.6_segnext-b_celebamask.log.json")})
     log = record_from_log(LOGS / "mmcv-1.6.0_segnext-l_voc.log.json")  # a different run: 64, other seed
     registry = Record.of("registry", md_r=64, classes=["background", "skin"])
-    result = resolve(checkpoint=checkpoint, log=log, registry=registry)
+    result = by_precedence(checkpoint=checkpoint, log=log, registry=registry)
     assert (result.record.md_r, result.record.md_r_source) == (16, "checkpoint meta.config")
     assert result.record.seed_source == "checkpoint meta.seed" and result.record.classes == checkpoint.classes
     assert ("md_r: training log meta.config says 64, checkpoint meta.config says 16; using 16 "
@@ -278,7 +277,7 @@ def test_resolve_precedence_and_disagreements():
     assert any(line.startswith("classes: registry says 2 classes (background, skin)") for line in result.disagreements)
     assert all("\n" not in line for line in result.disagreements)
 
-    user = resolve(override=Record.of("user override", md_r=64, seed=0), checkpoint=checkpoint)
+    user = by_precedence(override=Record.of("user override", md_r=64, seed=0), checkpoint=checkpoint)
     assert (user.record.md_r, user.record.md_r_source, user.record.seed) == (64, "user override", 0)
     assert user.record.classes_source == "checkpoint meta.CLASSES"  # not overridden: next source
     assert len(user.disagreements) == 2
@@ -288,8 +287,8 @@ def test_merge_agreeing_and_missing_sources():
     same = merge([None, Record.of("a", md_r=16), Record(), Record.of("b", md_r=16, seed=3)])
     assert (same.record.md_r, same.record.md_r_source, same.record.seed, same.record.seed_source) == (16, "a", 3, "b")
     assert same.disagreements == ()
-    assert resolve() == merge([])
-    coloured = resolve(registry=Record.of("registry", palette=[[1, 2, 3]])).record
+    assert by_precedence() == merge([])
+    coloured = by_precedence(registry=Record.of("registry", palette=[[1, 2, 3]])).record
     assert json.loads(json.dumps(coloured.as_dict()))["palette"] == [[1, 2, 3]]
 
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors import safe_open
 
 from segnext_hub.conversion.converter import artifact_record, convert
 from segnext_hub.conversion.reading import read_checkpoint
 from segnext_hub.conversion.record import read_metadata_record
+from segnext_hub.errors import BadInputError
 from segnext_hub.datasets import get_dataset, label_space, own_label_space
 from tests.helpers import factory
 
@@ -44,7 +46,10 @@ def test_mmcv_official_b_without_ham_kwargs_and_the_safetensors_round_trip(tmp_p
     back = convert(tmp_path / "b.safetensors", tmp_path / "back.pth", to="official")
     assert (back.record["md_r"], back.record["training_seed"]) == (64, 31)
     assert read_metadata_record({"architecture": "other", "md_r": "3"}).md_r is None
-    assert read_metadata_record({"architecture": "segnext", "md_r": "x", "classes": "[1]"}).md_r is None
+    with pytest.raises(BadInputError, match="md_r 'x' is not readable"):
+        read_metadata_record({"architecture": "segnext", "variant": "t", "md_r": "x", "classes": "[1]"})
+    with pytest.raises(BadInputError, match="md_r 1000000 must be an integer in 1..1024"):
+        read_metadata_record({"architecture": "segnext", "variant": "t", "num_classes": "150", "md_r": "1000000"})
 
 
 def test_label_space_prefers_the_record_that_fits_the_head():

@@ -66,16 +66,18 @@ def test_xdg_cache_home_and_empty_variables(monkeypatch, tmp_path):
 
 
 def test_agrees_with_huggingface_hub(tmp_path):
-    """Same assets folder as huggingface_hub itself, for each way of configuring it."""
+    """Same assets and hub folders as the installed huggingface_hub's own constants module
+    (reloaded in a subprocess per environment), for each way of configuring them: our
+    chains are plain environment reads, so this is what keeps them honest."""
     script = (
         "import importlib, json, os, sys\n"
         "import huggingface_hub.constants as c\n"
         "out = []\n"
         "for env in json.loads(sys.argv[1]):\n"
-        "    for k in ('HF_HOME', 'HF_ASSETS_CACHE', 'XDG_CACHE_HOME'): os.environ.pop(k, None)\n"
+        "    for k in sys.argv[2].split(','): os.environ.pop(k, None)\n"
         "    os.environ.update(env)\n"
         "    importlib.reload(c)\n"
-        "    out.append(os.path.abspath(c.HF_ASSETS_CACHE))\n"
+        "    out.append([os.path.abspath(c.HF_ASSETS_CACHE), os.path.abspath(c.HF_HUB_CACHE)])\n"
         "print(json.dumps(out))\n"
     )
     envs = [
@@ -83,9 +85,15 @@ def test_agrees_with_huggingface_hub(tmp_path):
         {"HF_HOME": str(tmp_path / "hf")},
         {"XDG_CACHE_HOME": str(tmp_path / "xdg")},
         {"HF_HOME": str(tmp_path / "hf"), "HF_ASSETS_CACHE": str(tmp_path / "assets")},
+        {"HUGGINGFACE_ASSETS_CACHE": str(tmp_path / "legacy-a"), "HUGGINGFACE_HUB_CACHE": str(tmp_path / "legacy-h")},
+        {"HUGGINGFACE_HUB_CACHE": str(tmp_path / "legacy-h"), "HF_HUB_CACHE": str(tmp_path / "new-h")},
+        {"BIG": str(tmp_path / "big"), "HF_HOME": "$BIG/hf", "XDG_CACHE_HOME": str(tmp_path / "xdg")},
+        {"HF_HOME": "~/hfhome"},
+        {"XDG_CACHE_HOME": "~/xdg", "HF_ASSETS_CACHE": "~/a"},
     ]
+    names = ",".join(sorted({*CACHE_VARS, "BIG"}))
     env = {k: v for k, v in os.environ.items() if k not in CACHE_VARS}
-    out = subprocess.run([sys.executable, "-c", script, json.dumps(envs)], env=env,
+    out = subprocess.run([sys.executable, "-c", script, json.dumps(envs), names], env=env,
                          capture_output=True, text=True, timeout=60, check=True).stdout
     theirs = json.loads(out)
     ours = []
@@ -93,7 +101,8 @@ def test_agrees_with_huggingface_hub(tmp_path):
         with pytest.MonkeyPatch.context() as mp:
             for key, value in extra.items():
                 mp.setenv(key, value)
-            ours.append(str(cache.hf_assets_cache()))
+            paths = cache.hf_paths()
+            ours.append([str(paths.assets_cache), str(paths.hub_cache)])
     assert ours == theirs
 
 
@@ -109,6 +118,8 @@ def test_hf_variables_are_expanded_like_huggingface_hub_does(monkeypatch, tmp_pa
 def test_legacy_huggingface_variables_and_call_time_reading(monkeypatch, tmp_path):
     """HUGGINGFACE_ASSETS_CACHE (huggingface_hub's legacy name) counts, HF_ASSETS_CACHE beats
     it, and every change is seen at once although huggingface_hub.constants is frozen."""
+    import huggingface_hub.constants as frozen  # imported (frozen) before the changes below
+
     monkeypatch.setenv("HUGGINGFACE_ASSETS_CACHE", str(tmp_path / "legacy"))
     assert cache.cache_root() == tmp_path / "legacy/segnext_hub"
     monkeypatch.setenv("HF_ASSETS_CACHE", str(tmp_path / "new"))
@@ -117,8 +128,6 @@ def test_legacy_huggingface_variables_and_call_time_reading(monkeypatch, tmp_pat
     assert hf_hub_cache() == tmp_path / "old-hub"
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     assert hf_hub_cache() == tmp_path / "hub"
-    import huggingface_hub.constants as frozen
-
     assert frozen.HF_HUB_CACHE != str(tmp_path / "hub")  # the module itself stays as imported
 
 

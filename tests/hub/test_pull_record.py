@@ -49,7 +49,7 @@ def test_b_checkpoint_recording_64_settles_the_registry_and_is_used(mirror, tmp_
     assert config["md_r"] == 64
     assert config["md_r_source"] == "checkpoint meta.cfg (LightHamHead without MD_R: code default 64)"
     assert (config["training_seed"], config["training_seed_source"]) == (77, "checkpoint meta.seed")
-    assert "classes" not in config  # ADE20K's own names: nothing to record
+    assert config["classes"] is None  # ADE20K's own names: nothing to record
     manifest = json.loads((artifact_dir("mscan-b") / "manifest.json").read_text())
     assert manifest["record"]["md_r"] == 64 and manifest["record_disagreements"] == []
 
@@ -57,7 +57,7 @@ def test_b_checkpoint_recording_64_settles_the_registry_and_is_used(mirror, tmp_
     assert model.decode_head.md_r == 64
     overridden = segnext_hub.load("mscan-b", md_r=16)  # the user's override wins, and says so
     assert overridden.decode_head.md_r == 16
-    assert overridden.segnext_config["md_r_source"] == "user override (md_r=16)"
+    assert overridden.segnext_config.md_r_source == "user override (md_r=16)"
 
     code, out, _ = cli(hub_cli, "info", "mscan-b", "--json")
     info = json.loads(out)
@@ -137,7 +137,7 @@ def test_custom_five_class_checkpoint_keeps_its_names_and_colours(tmp_path, one_
 
     for loaded in (tmp_path / "mine.safetensors", src):  # our safetensors, and the raw .pth converted on load
         model = segnext_hub.load(loaded)
-        assert model.segnext_config["classes"] == names and model.segnext_config["training_seed"] == 11
+        assert list(model.segnext_config.classes) == names and model.segnext_config.training_seed == 11
     image = tmp_path / "street.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(image)
     code, _, err = cli(hub_cli, "predict", tmp_path / "mine.safetensors", image, "-o", tmp_path / "out", "-q")

@@ -12,14 +12,14 @@ import yaml
 
 from segnext_hub.errors import BadInputError
 from segnext_hub.hub.registry import expected_param_count, list_artifacts, load_registry
-from segnext_hub.models import create_model, get_variant
+from segnext_hub.models import build_model, get_variant
 
 from .test_registry import packaged_document
 
 
 def real_param_count(variant: str, kind: str, num_classes: int | None) -> int:
     with torch.device("meta"):
-        model = create_model(variant, num_classes=num_classes or 1, backbone_only=kind == "backbone")
+        model = build_model(variant, num_classes=num_classes or 1, backbone_only=kind == "backbone")
     return sum(p.numel() for p in model.parameters())
 
 

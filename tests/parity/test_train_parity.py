@@ -17,7 +17,7 @@ import re
 import pytest
 import torch
 
-from segnext_hub.models import create_model
+from segnext_hub.models import build_model
 from segnext_hub.models.loss import decode_loss
 from segnext_hub.training.optim import param_groups, poly_schedule
 from tests.helpers import factory
@@ -60,7 +60,7 @@ def mmseg_step(request, tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def our_step(mmseg_step) -> dict:
     torch.set_num_threads(1)
-    model = create_model(mmseg_step["variant"], num_classes=150, md_r=16)
+    model = build_model(mmseg_step["variant"], num_classes=150, md_r=16)
     model.load_state_dict(mmseg_step["state"])
     model.train()
     groups = param_groups(model)
@@ -124,7 +124,7 @@ def test_the_adamw_step_is_mmengines_bit_for_bit(mmseg_step):
     """Given MMSeg's own gradients, param_groups + torch AdamW move every parameter exactly
     as the config's optimiser wrapper did: the optimiser side alone, no tolerance."""
     theirs = mmseg_step["train_step"]
-    model = create_model(mmseg_step["variant"], num_classes=150, md_r=16)
+    model = build_model(mmseg_step["variant"], num_classes=150, md_r=16)
     model.load_state_dict(mmseg_step["state"])
     for name, param in model.named_parameters():
         param.grad = theirs["grads"][name].clone()

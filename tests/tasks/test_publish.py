@@ -24,10 +24,11 @@ import segnext_hub
 from segnext_hub.cli.hub import main as hub_cli
 from segnext_hub.errors import BadInputError, DownloadError, OfflineError
 from segnext_hub.hub import hf
-from segnext_hub.hub.config import make_config
+from segnext_hub.config import ArtifactConfig
+from segnext_hub.hub.config import with_registry
 from segnext_hub.hub.registry import get_artifact
 from segnext_hub.loading import load_folder
-from segnext_hub.models import SegNeXt, create_model
+from segnext_hub.models import SegNeXt, build_model
 from segnext_hub.tasks import publish
 from tests.helpers import factory
 from tests.helpers.fake_hf_hub import FakeHub
@@ -94,7 +95,7 @@ def same_outputs(model_a, model_b, seed: int = 3) -> bool:
 
 
 def reference_model() -> SegNeXt:
-    model = create_model("t", num_classes=150, md_r=16)
+    model = build_model("t", num_classes=150, md_r=16)
     model.load_state_dict(source_state())
     return model.eval()
 
@@ -147,8 +148,7 @@ def test_export_of_a_local_checkpoint_converts_and_verifies(world):
     out = publish.export_folder(src, world.tmp / "export-local")
     assert {p.name for p in out.iterdir()} == EXPORT_FILES
     config = json.loads((out / "config.json").read_text())
-    schema = make_config({"variant": "t", "kind": "segmentor", "num_classes": 150, "md_r": 16, "sources": {},
-                          "dataset": "ade20k", "layout": "official"}, name="x", artifact=world.art)
+    schema = ArtifactConfig(variant="t", num_classes=150).to_json()
     assert config.keys() == schema.keys()
     # The file's own record travels into the export, as into a pull's config.json.
     assert (config["training_seed"], config["training_seed_source"]) == (0, "checkpoint meta.seed")
@@ -202,7 +202,7 @@ def test_push_then_load_through_hf_round_trip(world, monkeypatch):
     model = segnext_hub.load(f"hf://{REPO}")
     state, expected = model.state_dict(), load_file(str(cache / "model.safetensors"))
     assert state.keys() == expected.keys() and all(torch.equal(state[k], v) for k, v in expected.items())
-    assert model.segnext_config["md_r"] == 16 and model.segnext_config["name"] == "mscan-t"
+    assert model.segnext_config.md_r == 16 and model.segnext_config.name == "mscan-t"
     assert (world.tmp / "hf-home" / "hub" / "models--me--segnext-t").is_dir()  # the temp HF cache
 
     # review flow: export, edit the card, push the folder; the edit is what gets published
@@ -332,11 +332,12 @@ def test_card_flags_md_r_as_disputed_only_while_the_registry_chose_it():
     """MMSeg B's registry MD_R is unsettled; once the checkpoint records its own, the card
     states that value and its source without the dispute note."""
     art = get_artifact("mscan-b")
-    detection = {"variant": "b", "kind": "segmentor", "num_classes": 150, "dataset": "ade20k",
-                 "layout": "mmseg", "md_r": 16, "sources": {"md_r": f"registry: {art.md_r_source}"}}
-    guessed = publish.model_card(make_config(detection, name="mscan-b", artifact=art), REPO, artifact=art)
+    guessed_config = with_registry(ArtifactConfig(variant="b", num_classes=150, md_r=16,
+                                                  md_r_source=f"registry: {art.md_r_source}"), art)
+    guessed = publish.model_card(guessed_config, REPO, artifact=art)
     assert "The sources disagree on this value" in guessed
-    detection.update(md_r=64, sources={"md_r": "checkpoint meta.cfg (LightHamHead without MD_R: code default 64)"})
-    recorded = publish.model_card(make_config(detection, name="mscan-b", artifact=art), REPO, artifact=art)
+    recorded_config = guessed_config.replace(
+        md_r=64, md_r_source="checkpoint meta.cfg (LightHamHead without MD_R: code default 64)")
+    recorded = publish.model_card(recorded_config, REPO, artifact=art)
     assert "The sources disagree on this value" not in recorded
     assert "`md_r = 64`, from: checkpoint meta.cfg" in recorded

@@ -60,9 +60,9 @@ def test_load_reads_a_training_checkpoint(tmp_path):
     path = save_checkpoint(tmp_path / "ft.safetensors", model, classes=["sky", "road", "car"],
                            palette=[[0, 0, 255], [128, 128, 128], [255, 0, 0]], iteration=10)
     loaded = segnext_hub.load(path)
-    assert loaded.segnext_config["classes"] == ["sky", "road", "car"]
-    assert loaded.segnext_config["palette"] == [[0, 0, 255], [128, 128, 128], [255, 0, 0]]
-    assert loaded.num_classes == 3 and loaded.segnext_config["md_r"] == model.decode_head.md_r
+    assert loaded.segnext_config.classes == ("sky", "road", "car")
+    assert loaded.segnext_config.palette == ((0, 0, 255), (128, 128, 128), (255, 0, 0))
+    assert loaded.num_classes == 3 and loaded.segnext_config.md_r == model.decode_head.md_r
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
     assert not state_path(path).exists()  # no optimiser: weights only

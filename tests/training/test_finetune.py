@@ -132,7 +132,7 @@ def test_starts_from_an_artifact_and_saves_a_file_that_loads_and_predicts(finetu
             compared += 1
     assert compared > 20
     assert model.num_classes == 3 and not model.training
-    assert list(model.segnext_config["classes"]) == CLASSES
+    assert list(model.segnext_config.classes) == CLASSES
     image = np.array(Image.open(dataset / "images" / "0.png"))
     mask = model.predict(image, scale=None)[0].mask
     assert mask.shape == image.shape[:2] and int(mask.max()) < 3

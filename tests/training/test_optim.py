@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from segnext_hub.models import create_model
+from segnext_hub.models import build_model
 from segnext_hub.training.optim import param_groups, poly_schedule
 
 
@@ -17,7 +17,7 @@ def _settings(model, groups) -> dict:
 
 
 def test_groups_follow_segnext_custom_keys():
-    model = create_model("t", num_classes=4)
+    model = build_model("t", num_classes=4)
     settings = _settings(model, param_groups(model, lr=1e-4, weight_decay=0.05))
     assert len(settings) == len(list(model.parameters()))  # every parameter, once
     assert settings["decode_head.squeeze.gn.weight"] == (1e-4 * 10.0, 0.05)  # "head" wins over nothing else

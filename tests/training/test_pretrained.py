@@ -38,16 +38,16 @@ def test_new_classes_keep_every_other_weight_and_get_mmseg_classifier_init(t_fil
     assert weight.shape == (5, 256, 1, 1) and torch.equal(bias, torch.zeros(5))
     assert 0.0085 < weight.std().item() < 0.0115 and abs(weight.mean().item()) < 0.002  # normal, std 0.01
     config = model.segnext_config
-    assert config["num_classes"] == 5 and model.num_classes == 5 and config["md_r"] == 16
-    assert config["classes"] is None and config["dataset"] is None and config["training_seed"] is None
-    assert config["new_weights"] == ["decode_head.conv_seg.weight", "decode_head.conv_seg.bias"]
+    assert config.num_classes == 5 and model.num_classes == 5 and config.md_r == 16
+    assert config.classes is None and config.dataset is None and config.training_seed is None
+    assert config.new_weights == ("decode_head.conv_seg.weight", "decode_head.conv_seg.bias")
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 5, 8, 8)
 
 
 def test_the_same_class_count_keeps_the_classifier(t_file, t_state):
     model = segnext_hub.load(t_file, num_classes=150)
     assert torch.equal(model.decode_head.conv_seg.weight, t_state["decode_head.conv_seg.weight"])
-    assert "new_weights" not in model.segnext_config
+    assert model.segnext_config.new_weights == ()
 
 
 def test_a_loaded_model_trains_and_the_fused_one_refuses(t_file):
@@ -107,8 +107,8 @@ def test_create_model_takes_every_backbone_tensor_from_any_layout(tmp_path, layo
             continue  # Jittor files carry no BatchNorm counters
         assert torch.equal(state[f"backbone.{key}"], value), key
     head_keys = [k for k in state if k.startswith("decode_head.")]
-    assert model.segnext_config["new_weights"] == head_keys
-    assert model.segnext_config["pretrained_backbone"] == str(path)
+    assert list(model.segnext_config.new_weights) == head_keys
+    assert model.segnext_config.pretrained_backbone == str(path)
     assert model.num_classes == 7 and not model.training
 
 
@@ -134,7 +134,7 @@ def test_create_model_initialises_as_mmseg(one_torch_thread):
     torch.manual_seed(0)
     model = segnext_hub.create_model("t", num_classes=19)
     config = model.segnext_config
-    assert config["pretrained_backbone"] is None and len(config["new_weights"]) == len(model.state_dict())
+    assert config.pretrained_backbone is None and len(config.new_weights) == len(model.state_dict())
     conv = model.backbone.block1[0].attn.proj_1  # 1x1, 32 -> 32: fan_out 32, std sqrt(2/32)
     assert abs(conv.weight.std().item() / (2 / 32) ** 0.5 - 1) < 0.15 and not conv.bias.any()
     squeeze = model.decode_head.squeeze.conv  # Kaiming normal, fan_out = 256

@@ -32,7 +32,7 @@ import contextlib
 import copy
 import warnings
 from dataclasses import dataclass, replace
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, TYPE_CHECKING, Union
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,9 @@ from ..ham_head import NMF2D, LightHamHead
 from ..mscan import MSCAN, MSCABlock
 from ..predict import SegmentationInference
 from .ops import FusedConv, activate_, nmf_multiplicative
+
+if TYPE_CHECKING:  # the config lives above models; models import nothing else from the package
+    from ...config import ArtifactConfig
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,9 @@ def _fold_input_affine(conv: nn.Conv2d, scale: Tensor, shift: Tensor) -> FusedCo
 
 class _InferenceOnly(nn.Module):
     """Fused models run eval-mode math only; training them would silently do the wrong thing."""
+
+    #: The exact model's config (``segnext_hub.load(..., fast=True)`` carries it over).
+    segnext_config: Optional[ArtifactConfig] = None
 
     def train(self, mode: bool = True) -> "_InferenceOnly":
         if mode:
