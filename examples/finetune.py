@@ -16,12 +16,26 @@ Every --save-every iterations and at the end, OUT/last.safetensors is written (a
 the optimiser and schedule state lie next to it, and ``--resume`` continues from it at the
 same iteration with the same learning rates and the same sample stream. OUT/log.jsonl gets one
 line per iteration (iteration, loss, lr), each iteration once across resumes.
+
+Across processes (DistributedDataParallel; gloo on the CPU, nccl with one GPU per process)::
+
+    torchrun --nproc_per_node=4 examples/finetune.py DATA_ROOT --model mscan-t --classes classes.txt \
+        --batch-size 16 --accum-steps 2 --out runs/mine
+
+``--batch-size`` is the total over all processes and accumulation steps (MMSeg's "1x16": 16
+images per optimiser step): here 4 processes x 2 micro-batches x 2 images. BatchNorm stays per
+process unless ``--sync-bn`` (CUDA only); ``--freeze-backbone`` / ``--freeze-stages N`` train
+less on small GPUs. Rank 0 writes the checkpoint and the log; ``--resume`` works under torchrun
+(each process continues its own random stream; the samples are dealt out from one stream, so
+they do not depend on the number of processes). See docs/finetune.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn, Optional, Sequence
@@ -32,8 +46,13 @@ from torch.utils.data import DataLoader
 import segnext_hub
 from segnext_hub.errors import BadInputError, SegnextHubError, one_line
 from segnext_hub.progress import progress_bar
+from segnext_hub.models.loss import decode_loss
+from segnext_hub.tasks.distributed import (DEFAULT_TIMEOUT_S, current_world, finish, init_from_env,
+                                           launched_by_torchrun, raise_if_any_failed)
 from segnext_hub.training.checkpoint import resume_checkpoint, save_checkpoint
 from segnext_hub.training.data import InfiniteSampler, SegmentationFolder, TrainTransform
+from segnext_hub.training.distributed import (freeze_stages, gather_rng_states, mean_over_ranks, rank_seed,
+                                              replicas_differ, train_step, use_sync_batchnorm)
 from segnext_hub.training.optim import param_groups, poly_schedule
 
 
@@ -49,7 +68,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--backbone", help="build a new model around this MSCAN artifact ('none': random)")
     p.add_argument("--classes", help="text file, one class name per line (ADE20K layout: optional)")
     p.add_argument("--iters", type=int, default=160000, help="total iterations (MMSeg: 160000)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per iteration (MMSeg: 16)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="images per optimiser step, over all processes and accumulation steps (MMSeg: 16)")
+    p.add_argument("--accum-steps", type=int, default=1,
+                   help="micro-batches per step and process (gradients accumulated; all-reduced once)")
     p.add_argument("--lr", type=float, default=6e-5)
     p.add_argument("--warmup", type=int, help="linear warm-up iterations (default: min(1500, iters // 10))")
     p.add_argument("--crop-size", type=int, default=512)
@@ -61,10 +83,31 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default="bf16",
                    help="autocast dtype on CUDA (fp16 adds a GradScaler); the CPU trains in fp32")
     p.add_argument("--seed", type=int, default=0, help="model init, dropout/drop path/NMF, samples")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="SyncBatchNorm over all processes (CUDA only; default: BatchNorm per process, as MMSeg)")
+    p.add_argument("--freeze-backbone", action="store_true", help="train the decode head only (= --freeze-stages 4)")
+    p.add_argument("--freeze-stages", type=int, default=0,
+                   help="no gradients, eval-mode BatchNorm for the first N backbone stages (0-4)")
+    p.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                   help="seconds a process waits in a collective under torchrun before giving up")
     args = p.parse_args(argv)
-    for name, least in (("iters", 2), ("batch_size", 1), ("save_every", 1), ("crop_size", 1), ("workers", 0)):
+    for name, least in (("iters", 2), ("batch_size", 1), ("save_every", 1), ("crop_size", 1), ("workers", 0),
+                        ("accum_steps", 1), ("freeze_stages", 0)):
         if getattr(args, name) < least:
             p.error(f"--{name.replace('_', '-')} must be at least {least}")
+    if args.freeze_stages > 4:
+        p.error("--freeze-stages must be 0 to 4")
+    if args.freeze_backbone:
+        args.freeze_stages = 4
+    args.world_size = int(os.environ.get("WORLD_SIZE", "1")) if launched_by_torchrun() else 1
+    per_step = args.world_size * args.accum_steps
+    if args.batch_size % per_step:
+        p.error(f"--batch-size {args.batch_size} is not divisible by {args.world_size} process(es) x "
+                f"{args.accum_steps} accumulation step(s)")
+    args.micro_batch = args.batch_size // per_step
+    if args.sync_bn and not str(args.device).startswith("cuda"):
+        p.error("--sync-bn needs --device cuda: torch's SyncBatchNorm runs under DDP only on CUDA "
+                "(on the CPU BatchNorm stays per process)")
     if args.warmup is None:  # the schedule takes 0 or 2 .. iters - 2 warm-up iterations
         args.warmup = min(1500, args.iters // 10) if args.iters >= 20 else 0
     elif not (args.warmup == 0 or 2 <= args.warmup <= args.iters - 2):
@@ -91,7 +134,8 @@ def build_model(args: argparse.Namespace, num_classes: int) -> torch.nn.Module:
 
 
 def train(args: argparse.Namespace) -> None:
-    device = torch.device(args.device)
+    device = torch.device(init_from_env(args.device, args.dist_timeout) if launched_by_torchrun() else args.device)
+    world = current_world()
     torch.manual_seed(args.seed)
     dataset = SegmentationFolder(args.data_root, args.classes, seed=args.seed,
                                  transform=TrainTransform(crop_size=args.crop_size))
@@ -99,42 +143,100 @@ def train(args: argparse.Namespace) -> None:
     model = segnext_hub.load(last) if args.resume else build_model(args, dataset.num_classes)
     if model.num_classes != dataset.num_classes:
         raise BadInputError(f"{last} has {model.num_classes} classes but {args.data_root} {dataset.num_classes}")
+    if args.sync_bn:
+        model = use_sync_batchnorm(model, device)  # same state_dict keys: checkpoints do not change
     model.to(device).train()
+    freeze_stages(model, args.freeze_stages)
     optimizer = torch.optim.AdamW(param_groups(model, lr=args.lr, weight_decay=0.01),
                                   lr=args.lr, betas=(0.9, 0.999), weight_decay=0.01)
     scheduler = poly_schedule(optimizer, total_iters=args.iters, warmup_iters=args.warmup)
-    start = resume_checkpoint(last, model, optimizer, scheduler)["iteration"] if args.resume else 0
+    start = 0
+    if args.resume:
+        resumed = resume_checkpoint(last, model, optimizer, scheduler)  # sets rank 0's RNG state
+        start = resumed["iteration"]
+        restore_rank_rng(resumed["extra"], world)
+    elif world.rank:
+        torch.manual_seed(rank_seed(args.seed, world.rank))  # DDP copies rank 0's weights to the others
+    net = model
+    if world.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
 
     autocast = device.type == "cuda" and args.precision != "fp32"
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float16
     scaler = torch.amp.GradScaler(enabled=autocast and dtype == torch.float16)
-    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers, drop_last=True,
-                        sampler=InfiniteSampler(len(dataset), seed=args.seed, start=start * args.batch_size),
-                        pin_memory=device.type == "cuda", persistent_workers=args.workers > 0,
+    sampler = InfiniteSampler(len(dataset), seed=args.seed, start=start * args.batch_size, rank=world.rank,
+                              world_size=world.size, chunk=args.micro_batch)
+    loader = DataLoader(dataset, batch_size=args.micro_batch, num_workers=args.workers, drop_last=True,
+                        sampler=sampler, pin_memory=device.type == "cuda", persistent_workers=args.workers > 0,
                         generator=torch.Generator().manual_seed(args.seed))  # leaves the global RNG alone
-    args.out.mkdir(parents=True, exist_ok=True)
-    bar = progress_bar(args.iters, "fine-tuning", initial=start)
-    trim_log(args.out / "log.jsonl", start)
-    with open(args.out / "log.jsonl", "a", encoding="utf-8") as log:
-        for iteration, (images, labels) in zip(range(start + 1, args.iters + 1), loader):
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=dtype, enabled=autocast):
-                loss = model.loss(images, labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+    batches = iter(loader)
+    lead = world.rank == 0
+    if lead:
+        args.out.mkdir(parents=True, exist_ok=True)
+        trim_log(args.out / "log.jsonl", start)
+    bar = progress_bar(args.iters, "fine-tuning", None if lead else False, initial=start)
+
+    def loss_fn(net: torch.nn.Module, batch: tuple) -> torch.Tensor:
+        images, labels = batch
+        return decode_loss(net(images), labels)  # through DDP's forward (its gradient hooks)
+
+    with open(args.out / "log.jsonl", "a", encoding="utf-8") if lead else contextlib.nullcontext() as log:
+        for iteration in range(start + 1, args.iters + 1):
+            micro = fetch(batches, args.accum_steps, device, world)
+            loss = train_step(net, micro, optimizer, loss_fn, scaler=scaler,
+                              autocast=lambda: torch.autocast(device.type, dtype=dtype, enabled=autocast))
             lr = min(group["lr"] for group in optimizer.param_groups)  # the base lr (the head's is x10)
             scheduler.step()
-            value = loss.item()
-            log.write(json.dumps({"iteration": iteration, "loss": value, "lr": lr}) + "\n")
-            bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", refresh=False)
-            bar.update()
+            value = mean_over_ranks(loss, world.device).item()
+            if lead:
+                log.write(json.dumps({"iteration": iteration, "loss": value, "lr": lr}) + "\n")
+                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", refresh=False)
+                bar.update()
             if iteration % args.save_every == 0 or iteration == args.iters:
-                log.flush()
-                save_checkpoint(last, model, classes=dataset.classes, palette=dataset.palette,
-                                optimizer=optimizer, scheduler=scheduler, iteration=iteration)
+                differ = replicas_differ(model, world.device)
+                if differ:
+                    raise SegnextHubError(f"processes hold different weights after iteration {iteration} "
+                                          f"({len(differ)} tensors, e.g. {differ[0]}); nothing saved")
+                states = gather_rng_states()
+                if lead:
+                    log.flush()
+                    save_checkpoint(last, model, classes=dataset.classes, palette=dataset.palette,
+                                    optimizer=optimizer, scheduler=scheduler, iteration=iteration,
+                                    extra={"rank_rng_states": states, "world_size": world.size})
     bar.close()
+
+
+def fetch(batches, count: int, device: torch.device, world) -> list:
+    """This process's micro-batches for one step. Reading data is where bad input shows (a
+    broken image on one rank): every rank learns of it before any gradient is all-reduced,
+    and all stop with one line instead of waiting in a collective."""
+    error, micro = None, []
+    try:
+        micro = [next(batches) for _ in range(count)]
+    except SegnextHubError as err:
+        error = type(err)(worker_message(err))
+    raise_if_any_failed(error, world)
+    return [(images.to(device, non_blocking=True), labels.to(device, non_blocking=True)) for images, labels in micro]
+
+
+def worker_message(err: BaseException) -> str:
+    """The message of an error a DataLoader worker raised, without the worker's traceback."""
+    message = str(err)
+    if message.startswith("Caught "):  # from a DataLoader worker, traceback included
+        message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+    return message
+
+
+def restore_rank_rng(extra: dict, world) -> None:
+    """Each process continues its own random stream (rank 0's is restored by resume_checkpoint)."""
+    states = extra.get("rank_rng_states") or []
+    if world.rank == 0:
+        return
+    if extra.get("world_size") == world.size and len(states) == world.size:
+        torch.set_rng_state(states[world.rank])
+    else:  # another process count: the samples still follow the same stream, dropout/NMF draws do not
+        torch.manual_seed(rank_seed(int(torch.initial_seed()), world.rank))
 
 
 def trim_log(path: Path, last_saved: int) -> None:
@@ -157,15 +259,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         train(args)
     except SegnextHubError as err:
-        message = str(err)
-        if message.startswith("Caught "):  # from a DataLoader worker, traceback included
-            message = message.strip().splitlines()[-1].split(": ", 1)[-1]
-        print(f"finetune.py: error: {one_line(Exception(message))}", file=sys.stderr)
+        print(f"finetune.py: error: {one_line(Exception(worker_message(err)))}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print(f"finetune.py: interrupted; continue with --resume from {args.out / 'last.safetensors'}",
               file=sys.stderr)
         return 130
+    finally:
+        finish()
     return 0
 
 

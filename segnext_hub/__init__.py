@@ -6,7 +6,8 @@ The public API: ``load``, ``create_model``, ``list_models``, ``pull``, ``convert
 the objects handed out are the real functions, with their real signatures and docstrings.
 
 Data flows one way through the subpackages: ``models`` <- ``conversion`` <- ``hub`` <-
-``loading`` <- ``training`` <- ``tasks`` <- ``cli``.
+``loading`` <- ``training`` <- ``timm`` (imported only by ``import segnext_hub.timm``) <- ``tasks``
+<- ``cli``.
 """
 
 from __future__ import annotations

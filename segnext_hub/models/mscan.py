@@ -196,14 +196,21 @@ class MSCAN(nn.Module):
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"MSCAN expects a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
         outs: list[Tensor] = []
-        batch = x.shape[0]
         for i in range(1, self.num_stages + 1):
-            x = getattr(self, f"patch_embed{i}")(x)
-            height, width = x.shape[2:]
-            for block in getattr(self, f"block{i}"):
-                x = block(x)
-            # LayerNorm over channels on the token view, exactly as upstream lays it out.
-            tokens = getattr(self, f"norm{i}")(_to_tokens(x))
-            x = tokens.reshape(batch, height, width, -1).permute(0, 3, 1, 2).contiguous()
+            x = self.forward_stage(i, x)
             outs.append(x)
         return outs
+
+    def forward_stage(self, stage: int, x: Tensor) -> Tensor:
+        """Stage ``stage`` (1-4) alone: its patch embedding, blocks and norm, NCHW in and out.
+
+        ``forward`` chains these; the timm encoder (``segnext_hub.timm``) calls them too, so
+        both compute the same numbers.
+        """
+        x = getattr(self, f"patch_embed{stage}")(x)
+        batch, _, height, width = x.shape
+        for block in getattr(self, f"block{stage}"):
+            x = block(x)
+        # LayerNorm over channels on the token view, exactly as upstream lays it out.
+        tokens = getattr(self, f"norm{stage}")(_to_tokens(x))
+        return tokens.reshape(batch, height, width, -1).permute(0, 3, 1, 2).contiguous()

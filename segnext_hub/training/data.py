@@ -279,18 +279,34 @@ class InfiniteSampler(Sampler):
     """Endless shuffled passes over a dataset, as MMEngine's InfiniteSampler, keyed for resuming.
 
     Yields ``(image index, draw number)``; draw ``n`` is the n-th sample of the run, so a run
-    resumed at iteration ``i`` with batch size ``b`` passes ``start=i * b`` and sees the same
-    images with the same augmentation as an uninterrupted one.
+    resumed at iteration ``i`` with (total) batch size ``b`` passes ``start=i * b`` and sees the
+    same images with the same augmentation as an uninterrupted one.
+
+    Across processes (``world_size`` ranks, each taking ``chunk`` samples per micro-batch), the
+    run's draws are dealt out in order: micro-step ``m`` gives rank ``r`` the draws
+    ``start + m * world_size * chunk + r * chunk + j`` for ``j < chunk``. So one seed gives each
+    rank its own samples, together the same samples, in the same order, as one process taking
+    ``world_size * chunk`` per micro-batch (and with ``world_size=1`` exactly the plain stream).
     """
 
-    def __init__(self, size: int, seed: int = 0, start: int = 0) -> None:
+    def __init__(self, size: int, seed: int = 0, start: int = 0, *, rank: int = 0, world_size: int = 1,
+                 chunk: int = 1) -> None:
+        if not 0 <= rank < world_size or chunk < 1:
+            raise ValueError(f"need 0 <= rank < world_size and chunk >= 1, got {rank}, {world_size}, {chunk}")
         self.size, self.seed, self.start = int(size), int(seed), int(start)
+        self.rank, self.world_size, self.chunk = int(rank), int(world_size), int(chunk)
+
+    def draws(self) -> Iterator[int]:
+        """This rank's draw numbers, in order."""
+        step, first = self.world_size * self.chunk, self.start + self.rank * self.chunk
+        while True:
+            yield from range(first, first + self.chunk)
+            first += step
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        draw, epoch, order = self.start, -1, np.empty(0, dtype=np.int64)
-        while True:
+        epoch, order = -1, np.empty(0, dtype=np.int64)
+        for draw in self.draws():
             if draw // self.size != epoch:
                 epoch = draw // self.size
                 order = np.random.default_rng([self.seed, _ORDER_STREAM, epoch]).permutation(self.size)
             yield int(order[draw % self.size]), draw
-            draw += 1
