@@ -4,13 +4,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PARITY_VENV := .venv-parity
 PARITY_PY := $(PARITY_VENV)/bin/python
+PADDLE_VENV := .venv-paddle
+PADDLE_PY := $(PADDLE_VENV)/bin/python
 # Pinned so pip takes the local CPU wheel instead of a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test test-fast parity-venv venv bench clean
+.PHONY: demo test test-fast parity-venv paddle-venv venv bench clean
 
 venv: $(VENV)/.installed
 parity-venv: $(PARITY_VENV)/.installed
+paddle-venv: $(PADDLE_VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,12 +27,19 @@ $(PARITY_VENV)/.installed: tests/parity/requirements.txt
 	$(PARITY_PY) -m pip install -q -r tests/parity/requirements.txt
 	touch $@
 
+# PaddleSeg 2.8.0 for the paddle parity tests (no torch needed there).
+$(PADDLE_VENV)/.installed: tests/parity/paddle-requirements.txt
+	test -x $(PADDLE_PY) || $(PYTHON) -m venv $(PADDLE_VENV)
+	$(PADDLE_PY) -m pip install -q -r tests/parity/paddle-requirements.txt
+	$(PADDLE_PY) -m pip install -q --no-deps paddleseg==2.8.0
+	touch $@
+
 demo: venv
 	$(PY) -m segnext_hub.tasks.demo
 
 # The whole suite, parity with MMSegmentation 1.2.2 included (it must not be skipped).
-test: venv parity-venv
-	SEGNEXT_REQUIRE_PARITY=1 SEGNEXT_PARITY_PYTHON=$(CURDIR)/$(PARITY_PY) $(PY) -m pytest -q --durations=15
+test: venv parity-venv paddle-venv
+	SEGNEXT_REQUIRE_PARITY=1 SEGNEXT_PARITY_PYTHON=$(CURDIR)/$(PARITY_PY) SEGNEXT_PADDLE_PYTHON=$(CURDIR)/$(PADDLE_PY) $(PY) -m pytest -q --durations=15
 
 # Everything but the MMSeg comparisons.
 test-fast: venv
@@ -39,4 +49,4 @@ bench: venv parity-venv
 	SEGNEXT_PARITY_PYTHON=$(CURDIR)/$(PARITY_PY) $(PY) benchmarks/bench_model.py
 
 clean:
-	rm -rf $(VENV) $(PARITY_VENV) *.egg-info
+	rm -rf $(VENV) $(PARITY_VENV) $(PADDLE_VENV) *.egg-info
