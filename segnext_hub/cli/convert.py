@@ -7,15 +7,16 @@ import json
 import click
 
 from .._version import __version__
+from ..conversion.layouts import layout_names
 from .common import command_options
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("src", type=click.Path(dir_okay=True, path_type=str))
 @click.argument("dst", type=click.Path(path_type=str))
-@click.option("--from", "from_layout", type=click.Choice(["auto", "official", "mmseg", "jittor"]),
+@click.option("--from", "from_layout", type=click.Choice(["auto", *layout_names()]),
               default="auto", show_default=True, help="Source key layout.")
-@click.option("--to", "to", type=click.Choice(["mmseg", "official"]), default="mmseg", show_default=True,
+@click.option("--to", "to", type=click.Choice(layout_names(targets_only=True)), default="mmseg", show_default=True,
               help="Target key layout (official = back to the official repo's names).")
 @click.option("--variant", type=click.Choice(["t", "s", "b", "l"], case_sensitive=False),
               help="Override the detected size.")

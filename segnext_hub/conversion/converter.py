@@ -15,8 +15,9 @@ from ..datasets import label_space, own_label_space
 from ..errors import BadInputError, VerificationError
 from ..fileio import check_destination as check_writable
 from ..fileio import require_free_space
-from .detect import Detection, detect
+from .detect import Detection, choose_layout, detect
 from .keymap import KeyMap, MappingResult, find_state_dict, load_key_map
+from .layouts import CANONICAL, get_layout, layout_names
 from .reading import Checkpoint, read_checkpoint
 from .record import (
     Record,
@@ -37,7 +38,6 @@ from .verify import (
 )
 from .writing import write_pth, write_safetensors
 
-TARGETS = ("mmseg", "official")
 OUTPUT_SUFFIXES = (".safetensors", ".pth", ".pt")
 
 
@@ -153,30 +153,32 @@ def convert_checkpoint(
     who gave them). Without any record, detection falls back to the layout's default MD_R.
     """
     started = time.perf_counter()
-    if to not in TARGETS:
-        raise BadInputError(f"unknown target layout {to!r}; expected one of {', '.join(TARGETS)}")
+    targets = layout_names(targets_only=True)
+    if to not in targets:
+        raise BadInputError(f"unknown target layout {to!r}; expected one of {', '.join(targets)}")
     if atol < 0 or atol != atol:
         raise BadInputError(f"--atol must be a non-negative number, got {atol}")
-    probe_map = load_key_map("mmseg")  # containers and DDP prefixes are the same for every map
+    probe_map = load_key_map(CANONICAL)  # containers and DDP prefixes are the same for every map
     state, container_key = find_state_dict(checkpoint.obj, probe_map.unwrap)
-    normalised = _normalise(state, probe_map).tensors
+    layout, layout_source = choose_layout(list(_normalise(state, probe_map).tensors), checkpoint.format,
+                                          from_layout)
+    key_map = load_key_map(layout.key_map)
+    forward = key_map.apply(state)
     override = (Record.of(md_r_source or "user override", md_r=md_r, seed=seed)
                 if md_r is not None or seed is not None else None)
     resolution = resolve(override=override, checkpoint=artifact_record(checkpoint), log=log, registry=registry)
-    det = detect(normalised, file_format=checkpoint.format, layout=from_layout, variant=variant,
+    det = detect(forward.tensors, layout=layout, layout_source=layout_source, variant=variant,
                  num_classes=num_classes, md_r=resolution.record.md_r,
                  md_r_source=described_md_r_source(resolution.record))
-    key_map = load_key_map(det.layout)
-    forward = key_map.apply(state)
-    source_named = _normalise(state, key_map).tensors
 
     # Check against the reference model's keys and shapes before anything heavier.
-    reference = build_for_layout("mmseg", det)
+    reference = build_for_layout(CANONICAL, det)
     check_keys(forward.tensors, reference.state_dict())
     tensors, map_name, result = forward.tensors, key_map.name, forward
-    if to == "official":
-        back = load_key_map("official").inverted().apply(forward.tensors)
-        tensors, map_name = back.tensors, f"{key_map.name}+official-reverse"
+    if to != CANONICAL:
+        inverse = load_key_map(get_layout(to).key_map).inverted()
+        back = inverse.apply(forward.tensors)
+        tensors, map_name = back.tensors, f"{key_map.name}+{inverse.name}"
         result = _merge(forward, back)
 
     report = ConvertReport(
@@ -187,9 +189,13 @@ def convert_checkpoint(
         record=record_summary(resolution.record, det), disagreements=list(resolution.disagreements),
     )
     if verify:
-        source_model = load_into(build_for_layout(det.layout, det), source_named, det.layout)
+        # Each side in the module tree its layout is verified in, under that tree's names.
+        source_named = _normalise(state, key_map).tensors if layout.names == layout.reference else forward.tensors
+        source_model = load_into(build_for_layout(layout.name, det), source_named, layout.name)
+        target = get_layout(to)
+        target_named = tensors if target.names == target.reference else forward.tensors
         # The empty reference model built for the key check is the mmseg target itself.
-        target_model = load_into(reference if to == "mmseg" else build_for_layout(to, det), tensors, to)
+        target_model = load_into(reference if to == CANONICAL else build_for_layout(to, det), target_named, to)
         outcome: VerificationReport = compare_models(source_model, target_model, det.kind, atol)
         report.verification = outcome.to_dict()
         if not outcome.verified:
@@ -307,7 +313,7 @@ def convert(
     log_record = record_from_log(log) if log is not None else None
     checkpoint = read_checkpoint(src)
     # Before the (long) verification, not after it: the output holds these tensors again.
-    state, _ = find_state_dict(checkpoint.obj, load_key_map("mmseg").unwrap)
+    state, _ = find_state_dict(checkpoint.obj, load_key_map(CANONICAL).unwrap)
     require_free_space(dst.parent, sum(t.numel() * t.element_size() for t in state.values()
                                        if isinstance(t, torch.Tensor)), dst)
     conv = convert_checkpoint(checkpoint, from_layout=from_layout, to=to, variant=variant,

@@ -2,6 +2,9 @@
 
 Every guess carries where it came from, so a report can show it and a flag can
 override it. Detection reads names and shapes only; it never trusts file names.
+The layout is recognised on the source's own key names (``conversion.layouts``); all
+the rest is read after the layout's key map renamed the keys to MMSeg's, so a layout
+with other module names needs no detection code of its own.
 """
 
 from __future__ import annotations
@@ -14,11 +17,9 @@ import torch
 
 from ..errors import BadInputError
 from ..models.variants import VARIANTS, get_variant
+from .layouts import SourceLayout, get_layout, recognise
 
-LAYOUTS = ("official", "mmseg", "jittor")
 DATASETS_BY_CLASSES = {150: "ade20k", 19: "cityscapes", 171: "coco-stuff164k", 16: "isaid"}
-_OFFICIAL_DWCONV = re.compile(r"(^|\.)mlp\.dwconv\.dwconv\.(weight|bias)$")
-_MMSEG_DWCONV = re.compile(r"(^|\.)mlp\.dwconv\.(weight|bias)$")
 _BLOCK = re.compile(r"(?:^|\.)block([1-4])\.(\d+)\.")
 
 
@@ -42,22 +43,19 @@ def first_keys(keys: list[str], n: int = 3) -> str:
     return shown + (f" (and {len(keys) - n} more)" if len(keys) > n else "")
 
 
-def detect_layout(keys: list[str], file_format: str) -> tuple[str, str]:
-    official = [k for k in keys if _OFFICIAL_DWCONV.search(k)]
-    mmseg = [k for k in keys if _MMSEG_DWCONV.search(k)]
-    if official and mmseg:
-        raise BadInputError(f"checkpoint mixes official names ({official[0]}) and MMSeg names ({mmseg[0]})")
-    if mmseg:
-        return "mmseg", "MMSeg-style mlp.dwconv names"
-    if official:
-        if file_format == "jittor-pkl":
-            return "jittor", "Jittor .pkl container with official names"
-        has_bn_counter = any(k.endswith("num_batches_tracked") for k in keys)
-        if not has_bn_counter:
-            return "jittor", "official names without BatchNorm num_batches_tracked (Jittor)"
-        return "official", "official mlp.dwconv.dwconv names"
-    raise BadInputError("not a SegNeXt checkpoint: no MSCAN keys such as "
-                        f"'block1.0.mlp.dwconv...' found (first keys: {first_keys(keys)})")
+def choose_layout(keys: list[str], file_format: str, given: Optional[str] = None) -> tuple[SourceLayout, str]:
+    """The source layout and where that came from: recognised, or ``given`` by the user.
+
+    A given layout must hold the same key names as the recognised one (official and Jittor
+    files do); forcing MMSeg names onto official ones is refused rather than mis-mapped.
+    """
+    found, how = recognise(keys, file_format)  # also rejects non-SegNeXt files
+    if given in (None, "auto"):
+        return found, f"detected: {how}"
+    layout = get_layout(given)
+    if layout.names != found.names:
+        raise BadInputError(f"the checkpoint has {found.name} names ({how}), not {layout.name} names")
+    return layout, "given"
 
 
 def _backbone_prefix(keys: list[str]) -> str:
@@ -65,6 +63,7 @@ def _backbone_prefix(keys: list[str]) -> str:
 
 
 def detect_variant(state: Mapping[str, torch.Tensor]) -> str:
+    """T/S/B/L from MMSeg-named keys: the four stage widths and the block counts."""
     keys = list(state)
     prefix = _backbone_prefix(keys)
     dims = []
@@ -90,31 +89,20 @@ def detect_variant(state: Mapping[str, torch.Tensor]) -> str:
 def detect(
     state: Mapping[str, torch.Tensor],
     *,
-    file_format: str,
-    layout: Optional[str] = None,
+    layout: SourceLayout,
+    layout_source: str,
     variant: Optional[str] = None,
     num_classes: Optional[int] = None,
     md_r: Optional[int] = None,
     md_r_source: Optional[str] = None,
 ) -> Detection:
-    """Detect everything not given; ``state`` has containers and DDP prefixes removed.
+    """Detect everything not given from ``state``, already renamed to MMSeg's keys.
 
     ``md_r`` is what the artifact's record (``conversion.record``, resolved by the
     converter) or the user says, with ``md_r_source``; without one, the layout's default.
     """
     keys = list(state)
-    sources: dict[str, str] = {}
-    if layout not in (None, "auto") and layout not in LAYOUTS:
-        raise BadInputError(f"unknown source layout {layout!r}; expected auto, {', '.join(LAYOUTS)}")
-    found, how = detect_layout(keys, file_format)  # also rejects non-SegNeXt files
-    if layout in (None, "auto"):
-        layout = found
-        sources["layout"] = f"detected: {how}"
-    else:
-        if (found == "mmseg") != (layout == "mmseg"):
-            raise BadInputError(f"the checkpoint has {found} names ({how}), not {layout} names")
-        sources["layout"] = "given"
-
+    sources = {"layout": layout_source}
     kind = "segmentor" if any(k.startswith("decode_head.") for k in keys) else "backbone"
     sources["kind"] = "detected: decode_head.* keys" if kind == "segmentor" else "detected: no decode_head.* keys"
 
@@ -139,14 +127,11 @@ def detect(
         sources["dataset"] = f"from {num_classes} classes" if dataset else f"unknown for {num_classes} classes"
         if md_r is not None:
             sources["md_r"] = md_r_source or "given"
-        elif layout == "mmseg":
-            md_r = VARIANTS[variant].md_r_mmseg
-            sources["md_r"] = "default: MMSeg 1.x configs as resolved (16 for every size)"
         else:
-            md_r = VARIANTS[variant].md_r
-            sources["md_r"] = "default: official configs (T/S 16, B/L 64)"
+            md_r = layout.md_r_for(variant)
+            sources["md_r"] = f"default: {layout.default_md_r_note}"
     elif num_classes is not None:
         raise BadInputError("--num-classes given, but the checkpoint is a backbone (no decode head)")
     else:
         md_r = None  # no decode head, no NMF rank, whatever a record says
-    return Detection(layout, kind, variant, num_classes, dataset, md_r, sources)
+    return Detection(layout.name, kind, variant, num_classes, dataset, md_r, sources)

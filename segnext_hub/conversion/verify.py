@@ -19,6 +19,7 @@ from torch import nn
 from ..errors import BadInputError
 from ..models import create_model
 from .detect import Detection, first_keys
+from .layouts import get_layout
 from .official_tree import build_official
 
 # Two sizes, one not a multiple of 32: padding and odd strides are exercised.
@@ -40,10 +41,10 @@ class VerificationReport:
 
 
 def build_for_layout(layout: str, det: Detection) -> nn.Module:
-    """An empty (meta-device) model whose state-dict names are those of ``layout``."""
+    """An empty (meta-device) model: the reference module tree ``layout`` is verified in."""
     backbone_only = det.kind == "backbone"
     with torch.device("meta"):
-        if layout in ("official", "jittor"):
+        if get_layout(layout).reference == "official":
             return build_official(det.variant, num_classes=det.num_classes or 150, md_r=det.md_r,
                                   backbone_only=backbone_only)
         return create_model(det.variant, num_classes=det.num_classes or 150, md_r=det.md_r,
@@ -53,8 +54,8 @@ def build_for_layout(layout: str, det: Detection) -> nn.Module:
 def load_into(model: nn.Module, tensors: Mapping[str, torch.Tensor], layout: str) -> nn.Module:
     """Strict load by assignment, in float32 on the CPU.
 
-    Jittor files carry no BatchNorm counters; those (and only those) may be missing, and
-    they get a zero counter, as the key map adds them.
+    Buffers the layout's files lack (its ``fills``: Jittor keeps no BatchNorm counters)
+    and only those may be missing; they get a zero, as the key map adds them.
     """
     expected = model.state_dict()
     state = {}
@@ -62,9 +63,10 @@ def load_into(model: nn.Module, tensors: Mapping[str, torch.Tensor], layout: str
         if key in expected and expected[key].is_floating_point():
             value = value.float()
         state[key] = value
-    if layout == "jittor":
+    fills = get_layout(layout).fills
+    if fills:
         for key in expected:
-            if key.endswith("num_batches_tracked") and key not in state:
+            if key.endswith(fills) and key not in state:
                 state[key] = torch.tensor(0, dtype=torch.int64)
     check_keys(state, expected)
     model.load_state_dict(state, strict=True, assign=True)

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Optional, Union
 
 import yaml
 
+from ..conversion.layouts import layout_names
 from ..errors import BadInputError
 from ..models.variants import VARIANTS, is_positive_int
 
@@ -28,7 +29,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 SCHEMA_VERSION = 1
 KINDS = ("segmentor", "backbone")
-LAYOUTS = ("mmseg", "official", "jittor")
 DATASETS = ("ade20k", "cityscapes", "isaid", "imagenet")
 TEST_MODES = ("whole", "slide")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
@@ -198,7 +198,7 @@ def alias_candidates(name: str, registry: Mapping[str, Artifact]) -> list[Artifa
         return []
     variant = next(iter(found["variant"]))
     dataset = next(iter(found["dataset"]), "ade20k")
-    sources = found["source"] or ({rules.default_source} if not found["dataset"] else set(LAYOUTS))
+    sources = found["source"] or ({rules.default_source} if not found["dataset"] else set(layout_names()))
     return [art for art in registry.values()
             if art.variant == variant and art.dataset == dataset and art.layout in sources]
 
@@ -314,7 +314,7 @@ def _check_scalars(values: dict) -> None:
         raise _EntryError(f"variant {values['variant']!r} is not one of {', '.join(VARIANTS)}")
     _require(values, "kind", KINDS)
     _require(values, "dataset", DATASETS)
-    _require(values, "layout", LAYOUTS)
+    _require(values, "layout", layout_names())
     if not is_positive_int(values["params"]):
         raise _EntryError(f"params must be a positive integer, got {values['params']!r}")
     if not isinstance(values["url_verified"], bool):
