@@ -14,15 +14,20 @@ That is the one shape read here; a zip holding anything else is refused with a l
 it holds. Unlike torch's zips, these members may be deflated, so the decompressed size is
 checked against the member's header and spent from the read's allowance before a byte is
 inflated.
+
+:func:`write_pdparams` writes the way back (``segnext-convert X OUT.pdparams --to paddle``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import pickle
 import zipfile
-from typing import Any, List, Tuple
+from typing import IO, Any, List, Mapping, Tuple
 
 import numpy as np
 
+from ..fileio import atomic_writer
 from .pickled import CorruptData, MemoryReader, current_limits, safe_repr
 
 #: Paddle's structured-name -> parameter-name table that ``paddle.save`` adds to a state dict.
@@ -117,3 +122,49 @@ def drop_name_table(fmt: str, obj: Any) -> Tuple[str, Any]:
         return fmt, obj
     del obj[NAME_TABLE]
     return ("paddle-pdparams" if fmt == "jittor-pkl" else fmt), obj
+
+
+class _PaddlePickler(pickle._Pickler):  # type: ignore[name-defined]
+    """Protocol 4, numpy arrays named as numpy 1.x names them (``numpy.core.multiarray``).
+
+    numpy 2 pickles its arrays under ``numpy._core``, which numpy releases before 1.26 cannot
+    import; PaddlePaddle runs on numpy 1.x and 2.x alike, so the older name is written (numpy 2
+    still resolves it).
+    """
+
+    _RECONSTRUCT = np.ndarray.__reduce__(np.zeros(1))[0]
+
+    def save_global(self, obj: Any, name: Any = None) -> None:
+        if obj is self._RECONSTRUCT:
+            self.save("numpy.core.multiarray")
+            self.save("_reconstruct")
+            self.write(pickle.STACK_GLOBAL)
+            self.memoize(obj)
+            return
+        super().save_global(obj, name)
+
+
+def write_pdparams(path: Any, tensors: Mapping[str, Any], *, force: bool = False) -> str:
+    """Write ``tensors`` (Paddle-named) as ``paddle.save(state_dict)`` would, atomically; return the sha256.
+
+    A dict of C-contiguous numpy arrays, pickled with protocol 4, which ``paddle.load`` and
+    PaddleSeg's ``load_entire_model`` read (checked in the parity tests). Paddle's name table is
+    left out: it maps to internal names only a live Paddle program has, and the loaders use the
+    structured names.
+    """
+    arrays = {key: np.ascontiguousarray(value.detach().cpu().numpy()) for key, value in tensors.items()}
+    with atomic_writer(path, force=force, expected_size=sum(a.nbytes for a in arrays.values())) as handle:
+        hashing = _Hashing(handle)
+        _PaddlePickler(hashing, protocol=4).dump(arrays)
+    return hashing.digest.hexdigest()
+
+
+class _Hashing:
+    """A write-only file that hashes what passes through."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle, self.digest = handle, hashlib.sha256()
+
+    def write(self, data: Any) -> int:
+        self.digest.update(data)
+        return self.handle.write(data)
