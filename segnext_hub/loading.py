@@ -95,12 +95,14 @@ class _Skeleton:
 
 
 @functools.lru_cache(maxsize=16)
-def _meta_skeleton(variant: str, num_classes: int, md_r: Optional[int], backbone_only: bool) -> _Skeleton:
+def _meta_skeleton(variant: str, num_classes: int, md_r: Optional[int], backbone_only: bool,
+                   ham_channels: Optional[int] = None) -> _Skeleton:
     """Building the module tree costs more than reading the weights (the Python overhead
     of ~900 ``__init__`` calls, ~0.3 s for L); it is built once per (variant, classes,
-    MD_R, kind) on the meta device, and every load stamps out a copy of it."""
+    MD_R, kind, head width) on the meta device, and every load stamps out a copy of it."""
     with torch.device("meta"):
-        template = build_model(variant, num_classes=num_classes, md_r=md_r, backbone_only=backbone_only)
+        template = build_model(variant, num_classes=num_classes, md_r=md_r, backbone_only=backbone_only,
+                               ham_channels=ham_channels)
     return _plan(template)
 
 
@@ -194,7 +196,8 @@ def build_from_config(config: dict[str, Any], state: dict[str, torch.Tensor], *,
     backbone_only = config.get("kind") == "backbone"
     num_classes = config.get("num_classes") or 150
     rank = md_r if md_r is not None else config.get("md_r")
-    skeleton = _meta_skeleton(config["variant"], num_classes, rank, backbone_only)
+    width = None if backbone_only else config.get("ham_channels")  # None: the variant's (older configs)
+    skeleton = _meta_skeleton(config["variant"], num_classes, rank, backbone_only, width)
     check_keys(state, skeleton.expected)
     model = _copy_with_weights(skeleton, _place(state, device, dtype))
     model.segnext_config = dict(config, md_r=rank if not backbone_only else None)

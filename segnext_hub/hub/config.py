@@ -41,6 +41,7 @@ def make_config(detection: Mapping[str, Any], *, name: str, artifact: Any = None
         "num_classes": detection["num_classes"],
         "md_r": detection["md_r"],
         "md_r_source": detection["sources"].get("md_r"),
+        "ham_channels": detection.get("ham_channels"),
         "dataset": artifact.dataset if artifact is not None else detection["dataset"],
         "test_mode": None,
         "resize_scale": None,
@@ -77,6 +78,8 @@ def config_from_metadata(meta: Mapping[str, str]) -> Optional[dict[str, Any]]:
     if config["kind"] == "segmentor":
         config.update(num_classes=int(meta["num_classes"]), md_r=int(meta["md_r"]),
                       md_r_source=meta.get("md_r_source"), dataset=meta.get("dataset"))
+        if str(meta.get("ham_channels", "")).isdigit():
+            config["ham_channels"] = int(meta["ham_channels"])
         if str(meta.get("training_seed", "")).isdigit():
             config.update(training_seed=int(meta["training_seed"]),
                           training_seed_source=meta.get("training_seed_source"))
