@@ -48,10 +48,21 @@ def run_paddle(job: dict, workdir: Path, timeout: float = 600) -> dict:
 def make_paddle_file(workdir: Path, variant: str, *, backbone: bool = False, seed: int = 0,
                      zip_stem: Optional[str] = None) -> Path:
     """A ``.pdparams`` (or backbone zip) that real PaddleSeg built, randomised and saved."""
-    out = workdir / f"{variant}_{'backbone' if backbone else 'segnext'}_{seed}.pdparams"
-    job = {"task": "make", "variant": variant, "kind": "backbone" if backbone else "segmentor", "seed": seed,
-           "out": str(out)}
-    if zip_stem:
-        job.update(zip=str(workdir / f"{zip_stem}.zip"), zip_stem=zip_stem)
-    run_paddle(job, workdir)
-    return workdir / f"{zip_stem}.zip" if zip_stem else out
+    return make_paddle_files(workdir, [dict(variant=variant, backbone=backbone, seed=seed, zip_stem=zip_stem)])[0]
+
+
+def make_paddle_files(workdir: Path, specs: list) -> list:
+    """Several such files in one worker process (``specs``: make_paddle_file's keyword arguments)."""
+    jobs, paths = [], []
+    for spec in specs:
+        variant, backbone, seed, zip_stem = (spec["variant"], spec.get("backbone", False), spec.get("seed", 0),
+                                             spec.get("zip_stem"))
+        out = workdir / f"{variant}_{'backbone' if backbone else 'segnext'}_{seed}.pdparams"
+        job = {"task": "make", "variant": variant, "kind": "backbone" if backbone else "segmentor", "seed": seed,
+               "out": str(out)}
+        if zip_stem:
+            job.update(zip=str(workdir / f"{zip_stem}.zip"), zip_stem=zip_stem)
+        jobs.append(job)
+        paths.append(workdir / f"{zip_stem}.zip" if zip_stem else out)
+    run_paddle({"task": "make", "jobs": jobs}, workdir)
+    return paths
