@@ -374,7 +374,7 @@ def _use_classes(model: nn.Module, num_classes: int, source: Union[str, Path]) -
 
 def create_model(variant: Union[str, Variant], *, num_classes: int = 150, md_r: Optional[int] = None,
                  backbone_only: bool = False, pretrained_backbone: Union[str, Path, None] = None,
-                 progress: Optional[bool] = None) -> nn.Module:
+                 progress: Optional[bool] = None, ham_channels: Optional[int] = None) -> nn.Module:
     """A new SegNeXt (or MSCAN), initialised as MMSeg initialises one, in eval mode.
 
     ``pretrained_backbone`` (a registry name such as ``mscan-b-in1k``, a path in any
@@ -383,15 +383,18 @@ def create_model(variant: Union[str, Variant], *, num_classes: int = 150, md_r: 
     every backbone tensor is used (a segmentor artifact gives its backbone). The head
     stays newly initialised; its tensor names are listed in
     ``model.segnext_config["new_weights"]`` (and logged at INFO). ``md_r=None`` is the
-    variant's default rank; MMSeg's 1.x configs train every size with 16.
+    variant's default rank; MMSeg's 1.x configs train every size with 16. ``ham_channels``
+    is the decode head's width (None: the variant's; PaddleSeg's configs use 256 for every size).
     """
     spec = variant if isinstance(variant, Variant) else get_variant(variant)
-    model = build_model(spec, num_classes=_check_num_classes(num_classes), md_r=md_r, backbone_only=backbone_only)
+    model = build_model(spec, num_classes=_check_num_classes(num_classes), md_r=md_r, backbone_only=backbone_only,
+                        ham_channels=ham_channels)
     config: dict[str, Any] = {
         "architecture": "segnext", "name": None, "variant": spec.name,
         "kind": "backbone" if backbone_only else "segmentor",
         "num_classes": None if backbone_only else num_classes,
         "md_r": None if backbone_only else model.decode_head.md_r,
+        "ham_channels": None if backbone_only else model.decode_head.ham_channels,
         "md_r_source": None if backbone_only else (
             f"create_model(md_r={md_r})" if md_r is not None else "create_model default (the variant's)"),
         "dataset": None, "pretrained_backbone": None,
