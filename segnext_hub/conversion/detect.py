@@ -95,14 +95,14 @@ def detect_head_width(state: Mapping[str, torch.Tensor], variant: str) -> tuple[
     1024 (L), so the width is read from the file rather than assumed from the variant.
     """
     squeeze, seg = state.get("decode_head.squeeze.conv.weight"), state.get("decode_head.conv_seg.weight")
+    default = VARIANTS[variant].ham_channels
     if squeeze is None or squeeze.ndim != 4 or seg is None or seg.ndim != 4:
-        raise BadInputError("segmentor checkpoint lacks 'decode_head.squeeze.conv.weight' or "
-                            "'decode_head.conv_seg.weight' (after renaming)")
+        # The key check that follows names what is missing or misshapen.
+        return default, "default: the variant's (no usable head weights to read it from)"
     width, classifier_in = int(squeeze.shape[0]), int(seg.shape[1])
     if classifier_in != width:
         raise BadInputError(f"decode head of width {width} feeds a classifier of {classifier_in} channels; "
                             "only heads as wide as their Hamburger (every published release) are supported")
-    default = VARIANTS[variant].ham_channels
     how = "detected from decode_head.squeeze.conv.weight"
     if width != default:
         how += (f" (SegNeXt-{variant.upper()} is {default} wide in MMSeg and the official repo; "
