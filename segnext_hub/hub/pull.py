@@ -30,6 +30,7 @@ from ..conversion.log_header import record_from_log  # pure Python: no torch
 from ..conversion.record import Record
 from ..errors import BadInputError, DownloadError, OfflineError, SegnextHubError
 from ..fileio import sha256_file
+from ..models.variants import get_variant  # pure data: no torch
 from .cache import (
     MANIFEST,
     DamagedEntryError,
@@ -238,6 +239,9 @@ def _pull_locked(art: Artifact, folder: Path, *, strict: bool, progress: Optiona
         if conversion.detection.kind != art.kind:
             raise BadInputError(f"{art.name}: expected a {art.kind} checkpoint, the file holds a "
                                 f"{conversion.detection.kind}")
+        width, wanted = conversion.detection.ham_channels, art.ham_channels or get_variant(art.variant).ham_channels
+        if art.kind == "segmentor" and width != wanted:
+            raise BadInputError(f"{art.name}: expected a decode head {wanted} wide, the file's is {width}")
     except SegnextHubError as err:
         raw.unlink(missing_ok=True)
         if log_file:
