@@ -252,7 +252,7 @@ def iter_samples(data_dir: PathLike, dataset: Optional[str] = None,
 def _class_names(model: Any, dataset: str) -> tuple[str, ...]:
     """The names the model's own record gives its classes (a relabelled label space), else
     the dataset's."""
-    config = model.segnext_config
+    config = getattr(model, "segnext_config", None)  # any model with predict() is evaluated
     return label_space(int(model.num_classes), dataset, config.classes if config else None).classes
 
 

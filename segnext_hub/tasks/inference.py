@@ -21,7 +21,7 @@ from .visualize import save_outputs
 
 def test_settings(model: Any, mode: Optional[str] = None) -> dict[str, Any]:
     """predict() keyword arguments from the model's config (test mode, resize, crop, stride)."""
-    config = model.segnext_config
+    config = getattr(model, "segnext_config", None)  # any model with predict() is evaluated
     settings: dict[str, Any] = {"mode": "whole"}
     layout = DATASET_LAYOUTS.get(config.dataset or "") if config else None
     if layout is not None:  # evaluate's per-dataset MMSeg test settings
@@ -46,7 +46,7 @@ LEGEND_FILE = "legend.json"
 def model_label_space(model: Any) -> LabelSpace:
     """The classes and colours a model's outputs are shown with: those the artifact
     recorded (config.json / safetensors metadata / checkpoint meta), else its dataset's."""
-    config = model.segnext_config
+    config = getattr(model, "segnext_config", None)  # any model with predict() is evaluated
     if config is None:
         return label_space(int(model.num_classes), None)
     return label_space(int(model.num_classes), config.dataset, config.classes, config.palette)
