@@ -13,12 +13,12 @@ from safetensors import safe_open
 
 import segnext_hub
 from segnext_hub.errors import BadInputError
-from segnext_hub.models.factory import create_model
+from segnext_hub.models.factory import build_model
 from segnext_hub.models.random_init import randomize_
 
 
 def _save(tmp_path, variant, width, name="src.pth"):
-    model = randomize_(create_model(variant, num_classes=19, md_r=16, ham_channels=width), seed=1)
+    model = randomize_(build_model(variant, num_classes=19, md_r=16, ham_channels=width), seed=1)
     path = tmp_path / name
     torch.save({"state_dict": model.state_dict()}, path)
     return model, path
@@ -52,7 +52,7 @@ def test_the_variants_own_width_carries_no_note(tmp_path):
 
 
 def test_a_head_whose_classifier_reads_another_width_is_bad_input(tmp_path):
-    model = create_model("t", num_classes=19)
+    model = build_model("t", num_classes=19)
     state = model.state_dict()
     state["decode_head.conv_seg.weight"] = torch.zeros(19, 128, 1, 1)
     torch.save(state, tmp_path / "odd.pth")
@@ -63,4 +63,4 @@ def test_a_head_whose_classifier_reads_another_width_is_bad_input(tmp_path):
 @pytest.mark.parametrize("width", [0, 100, -32, True])
 def test_create_model_refuses_a_width_groupnorm_cannot_split(width):
     with pytest.raises(ValueError, match="multiple of 32"):
-        create_model("t", ham_channels=width)
+        build_model("t", ham_channels=width)
