@@ -44,9 +44,11 @@ from .cache import (
     write_manifest,
 )
 from .config import CONFIG_FILE, MODEL_FILE, make_config
+from .netlimits import max_download_bytes
 from .registry import Artifact, get_artifact
 
 MANIFEST_VERSION = 2  # 2: 'files' records size + sha256 of every file
+LOG_MAX_BYTES = 64 << 20  # a published training log is a few MB; it is read whole
 
 
 @dataclass
@@ -184,12 +186,44 @@ def pull(name: str, *, strict: bool = False, progress: Optional[bool] = None, fo
     with artifact_lock(art.name) as folder:
         if not force and (manifest := _usable(art.name)) is not None:
             return PullResult(art.name, folder, False, manifest, [])  # another process finished it
-        with use_lock(art.name, shared=False):  # no load reads the files while they change
-            if force and not is_offline():  # offline, --force converts the kept download again
-                (folder / "raw" / art.filename).unlink(missing_ok=True)  # before repair would hash it
-            _prepare_repair(art.name, folder)
-        _refuse_offline(art)
-        return _pull_locked(art, folder, strict=strict, progress=progress)
+        first = not any(folder.iterdir())
+        try:
+            with use_lock(art.name, shared=False):  # no load reads the files while they change
+                if force and not is_offline():  # offline, --force converts the kept download again
+                    (folder / "raw" / art.filename).unlink(missing_ok=True)  # before repair would hash it
+                _prepare_repair(art.name, folder)
+            _refuse_offline(art)
+            return _pull_locked(art, folder, strict=strict, progress=progress)
+        except BaseException:
+            if first:
+                _discard_if_empty(folder)
+            raise
+
+
+def _discard_if_empty(folder: Path) -> None:
+    """After a failed first pull: remove the folder when it holds nothing worth keeping
+    (empty folders, the download's lock files, which only pulls holding the artifact lock,
+    as we do, ever open, and a partial download without a byte). A partial download with
+    bytes stays, so the next pull resumes it."""
+    def worthless(path: Path) -> bool:
+        if path.is_symlink() or not path.is_file():
+            return False
+        if path.name.endswith(".partial.meta"):
+            path = path.with_name(path.name[: -len(".meta")])
+            return not path.exists() or worthless(path)
+        return path.name.endswith((".lock", ".partial")) and path.stat().st_size == 0
+
+    for sub in (folder / "raw", folder):
+        if not sub.is_dir() or sub.is_symlink():
+            continue
+        entries = list(sub.iterdir())
+        if all(worthless(p) for p in entries):
+            for path in entries:
+                path.unlink(missing_ok=True)
+            try:
+                sub.rmdir()
+            except OSError:
+                return
 
 
 def _refuse_offline(art: Artifact) -> None:
@@ -219,7 +253,8 @@ def _pull_locked(art: Artifact, folder: Path, *, strict: bool, progress: Optiona
     started = time.time()
     raw = folder / "raw" / art.filename
     raw.parent.mkdir(parents=True, exist_ok=True)
-    result = download(art.url, raw, expected_sha256=art.sha256, progress=progress, desc=art.name)
+    result = download(art.url, raw, expected_sha256=art.sha256, expected_size=art.size, progress=progress,
+                      desc=art.name)
     warnings: list[str] = []
     log_file = None
     try:
@@ -286,7 +321,8 @@ def _fetch_log(art: Artifact, folder: Path, progress: Optional[bool]) -> tuple[O
         return None, None
     name = art.log_url.rstrip("/").rsplit("/", 1)[-1] or "train.log.json"
     try:
-        download(art.log_url, folder / name, progress=progress, desc=f"{art.name} log")
+        download(art.log_url, folder / name, max_bytes=min(LOG_MAX_BYTES, max_download_bytes()), progress=progress,
+                 desc=f"{art.name} log")
     except SegnextHubError as err:
         return None, str(err)
     return name, None
