@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 from .._version import __version__
 from ..conversion.record import Record, record_from_log  # pure Python: no torch
-from ..errors import BadInputError, DownloadError, OfflineError, SegnextHubError
+from ..errors import BadInputError, DownloadError, OfflineError, SegnextHubError, printable
 from ..fileio import atomic_write_bytes, sha256_file
 from .cache import (
     MANIFEST,
@@ -279,7 +279,7 @@ def _pull_locked(art: Artifact, folder: Path, *, strict: bool, progress: Optiona
     disagreements = [f"{art.name}: sources disagree: {line}" for line in conversion.report.disagreements]
     for message in ([warning] if warning else []) + disagreements:
         warnings.append(message)
-        print(f"warning: {message}", file=sys.stderr)
+        print(f"warning: {printable(message)}", file=sys.stderr)
     model_sha = write_output(conversion, folder / MODEL_FILE, force=True)
     detection = conversion.detection.to_dict()
     config = make_config(detection, name=art.name, artifact=art, record=conversion.report.record)
