@@ -125,4 +125,4 @@ def _to_rgb(img: Any, fmt: Optional[str], path: PathLike) -> np.ndarray:
         raw = 255 - np.asarray(img).astype(np.int32)  # the stored (Adobe-inverted) samples
         k = raw[..., 3:4]
         return (k - (((255 - raw[..., :3]) * k) >> 8)).astype(np.uint8)
-    return np.asarray(img.convert("RGB"))
+    return np.array(img.convert("RGB"))  # writable, as OpenCV's arrays are
