@@ -320,7 +320,7 @@ def load_file_path(path: Path, **kwargs: Any) -> nn.Module:
 
 def load(name_or_path: Union[str, Path], *, device: Union[str, torch.device] = "cpu",
          dtype: Optional[torch.dtype] = None, md_r: Optional[int] = None, num_classes: Optional[int] = None,
-         progress: Optional[bool] = None, fast: bool = False) -> nn.Module:
+         progress: Optional[bool] = None, fast: bool = False, mmap: bool = True) -> nn.Module:
     """An eval-mode SegNeXt (or MSCAN for backbone artifacts) ready for inference.
 
     ``name_or_path``: a registry name (pulled into the cache if needed, see
@@ -331,8 +331,17 @@ def load(name_or_path: Union[str, Path], *, device: Union[str, torch.device] = "
     0.01, bias 0, from the global RNG) when it differs from the artifact's classes; call
     ``.train()`` on the result. ``fast=True`` returns the fused inference-only model
     (folded norms, fused kernels; equal up to rounding, see README "Fast inference").
+    ``mmap=False`` copies the weights into memory of their own instead of mapping the file:
+    a mapped model follows a rewrite of its file in place, and truncating the file kills
+    the process with SIGBUS (docs/reliability.md).
     """
     model = _load_exact(name_or_path, device=device, dtype=dtype, md_r=md_r, progress=progress)
+    if not mmap:
+        for module in model.modules():  # own memory: nothing refers to the file any more
+            for table in (module._parameters, module._buffers):
+                for key, tensor in table.items():
+                    if tensor is not None:
+                        tensor.data = tensor.data.clone()
     if num_classes is not None:
         _use_classes(model, num_classes, name_or_path)
     if not fast:

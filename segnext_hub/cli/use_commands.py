@@ -7,7 +7,7 @@ from typing import Optional
 
 import click
 
-from .common import command_options
+from .common import command_options, shown, shown_lines
 
 device_option = click.option("--device", default="cpu", show_default=True,
                              help="torch device, e.g. cpu or cuda / cuda:0.")
@@ -46,22 +46,39 @@ def _load(name_or_path: str, device: str, md_r: Optional[int] = None, fast: bool
 @fast_option
 @batch_option
 @workers_option
+@click.option("--max-megapixels", type=click.FloatRange(min=0, min_open=True), default=50.0, show_default=True,
+              help="Refuse larger images (checked from the header, before decoding); memory grows with it.")
+@click.option("--skip-bad", is_flag=True, help="Go on past images that cannot be read; list them at the end.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @command_options
 def predict(name_or_path: str, images: tuple[str, ...], out_dir: str, mode: Optional[str], seed: Optional[int],
-            device: str, md_r: Optional[int], fast: bool, batch_size: int, workers: int, quiet: bool) -> None:
+            device: str, md_r: Optional[int], fast: bool, batch_size: int, workers: int, max_megapixels: float,
+            skip_bad: bool, quiet: bool) -> None:
     """Segment IMAGES with NAME_OR_PATH (registry name, local file or hf://org/repo).
 
-    Writes a class-index PNG, a colour PNG in the dataset palette and an overlay per image.
-    The seed defaults to 0 so repeated runs give the same masks.
+    Writes a class-index PNG, a colour PNG in the dataset palette and an overlay per image
+    (IMAGE_classes.png, ...; inputs sharing a name get the extension or their folder added,
+    e.g. twin_jpg_classes.png and twin_png_classes.png), and legend.json. Images are
+    decoded as MMSeg's OpenCV reader does (EXIF orientation, 16-bit, CMYK). Without
+    --skip-bad, a bad image stops the run (every header is checked first). The seed
+    defaults to 0 so repeated runs give the same masks.
     """
+    from ..errors import BadInputError
     from ..tasks.inference import predict_files
 
     model = _load(name_or_path, device, md_r, fast)
+    skipped: Optional[list] = [] if skip_bad else None
     written = predict_files(model, images, out_dir, mode=mode, seed=0 if seed is None else seed,
-                            progress=False if quiet else None, batch_size=batch_size, workers=workers)
+                            progress=False if quiet else None, batch_size=batch_size, workers=workers,
+                            max_pixels=int(max_megapixels * 1e6), skipped=skipped)
     for paths in written:
-        click.echo(str(paths["color"]))
+        click.echo(shown(paths["color"]))
+    if skipped:
+        click.echo(f"skipped {len(skipped)} of {len(images)} images:", err=True)
+        for _, reason in skipped:
+            click.echo(f"  {shown(reason)}", err=True)
+    if not written:
+        raise BadInputError(f"none of the {len(images)} images could be read; nothing written")
 
 
 @click.command("eval")
@@ -119,8 +136,8 @@ def eval_command(name_or_path: str, data_dir: str, dataset: Optional[str], aug_t
         if as_json:
             click.echo(json.dumps(dict(result.to_dict(), seed=seed, seed_source=seed_source), indent=2))
         else:
-            click.echo(result.format_table())
-            click.echo(f"seed: {seed} ({seed_source}; rng {rng})")
+            click.echo(shown_lines(result.format_table()))
+            click.echo(shown(f"seed: {seed} ({seed_source}; rng {rng})"))
     finally:
         finish()
 
