@@ -103,8 +103,8 @@ def pixel_accuracy(model: torch.nn.Module, data: Path, indices: range, size: int
     """Share of pixels whose predicted class is the label (a sanity figure for the fine-tune)."""
     right = total = 0
     for i in indices:
-        image = np.asarray(Image.open(data / "images" / f"{i:04d}.png").convert("RGB"))
-        label = np.asarray(Image.open(data / "labels" / f"{i:04d}.png"))
+        image = np.array(Image.open(data / "images" / f"{i:04d}.png").convert("RGB"))
+        label = np.array(Image.open(data / "labels" / f"{i:04d}.png"))
         (pred,) = model.predict(image, scale=None, generator=torch.Generator().manual_seed(i))
         right += int((pred.mask.numpy() == label).sum())
         total += label.size

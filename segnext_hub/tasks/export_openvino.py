@@ -132,7 +132,7 @@ def export_openvino(
         tolerance: largest accepted absolute logit difference of that check.
         check_seed: seed of the check's image (and bases).
         int8: quantize with NNCF (needs ``calib``).
-        calib: folder of calibration images (searched recursively); a ``holdout`` share of
+        calib: folder of calibration images (its own files, not subfolders); a ``holdout`` share of
             them is kept out of calibration to measure the argmax agreement.
         holdout: share of ``calib`` held out (at least one image each way).
         min_agreement: with ``int8``, fail (and write nothing) when the held-out argmax

@@ -58,10 +58,14 @@ class CalibrationSample:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """The image files under ``folder`` (recursively), sorted so the split is reproducible."""
+    """The image files directly in ``folder``, sorted so the split is reproducible.
+
+    Not recursive: a dataset root often holds label PNGs in a subfolder, which must not
+    be taken for images.
+    """
     if not folder.is_dir():
         raise BadInputError(f"calibration folder {folder} does not exist or is not a folder")
-    images = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if len(images) < MIN_CALIBRATION_IMAGES:
         raise BadInputError(f"{folder} holds {len(images)} image(s) ({', '.join(IMAGE_SUFFIXES)}); "
                             f"int8 calibration needs at least {MIN_CALIBRATION_IMAGES} "
