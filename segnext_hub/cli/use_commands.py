@@ -145,24 +145,65 @@ def eval_command(name_or_path: str, data_dir: str, dataset: Optional[str], aug_t
 @click.command()
 @click.argument("name_or_path")
 @click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["onnx", "openvino"]), default=None,
+              help="Graph format. Default: openvino for an OUT ending in .xml, else onnx.")
 @click.option("--size", nargs=2, type=click.IntRange(min=32), default=(512, 512), show_default=True,
               metavar="H W", help="Input size traced (the only size a static graph accepts).")
 @click.option("--dynamic", is_flag=True, help="Free batch, height and width axes.")
 @click.option("--bases", type=click.Choice(["input", "constant"]), default="input", show_default=True,
               help="NMF bases as a graph input (you supply them) or a stored constant drawn once.")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True,
-              help="Largest accepted |onnxruntime - PyTorch| logit difference.")
+              help="Largest accepted |runtime - PyTorch| logit difference (fp32 graph).")
+@click.option("--int8", is_flag=True, help="openvino: NNCF int8 post-training quantization (NMF kept in float).")
+@click.option("--calib", type=click.Path(), help="--int8: folder of calibration images (some are held out).")
+@click.option("--min-agreement", type=click.FloatRange(0, 1),
+              help="--int8: fail (exit 1, nothing written) below this held-out argmax agreement with fp32.")
 @click.option("--force", is_flag=True, help="Overwrite OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @command_options
-def export(name_or_path: str, out: str, size: tuple[int, int], dynamic: bool, bases: str, tolerance: float,
-           force: bool, as_json: bool) -> None:
-    """Export to ONNX and check onnxruntime against PyTorch before reporting success.
+def export(name_or_path: str, out: str, fmt: Optional[str], size: tuple[int, int], dynamic: bool, bases: str,
+           tolerance: float, int8: bool, calib: Optional[str], min_agreement: Optional[float], force: bool,
+           as_json: bool) -> None:
+    """Export to ONNX or OpenVINO IR and check the runtime against PyTorch before writing.
 
     The NMF head is random in PyTorch; in the graph its bases are an input named 'bases'
     of shape (batch, channels, rank) (L2-normalised columns) or a constant. Exit 1 when
-    onnxruntime disagrees beyond --tolerance (nothing written).
+    onnxruntime / OpenVINO disagrees beyond --tolerance (nothing written). OpenVINO IR is
+    OUT (.xml) plus its weights (.bin); --int8 --calib DIR quantizes it with NNCF and
+    reports the argmax agreement with fp32 on held-out images of DIR.
     """
+    from ..errors import BadInputError
+
+    fmt = fmt or ("openvino" if out.lower().endswith(".xml") else "onnx")
+    if fmt == "onnx" and (int8 or calib or min_agreement is not None):
+        raise BadInputError("--int8, --calib and --min-agreement need --format openvino")
+    if fmt == "openvino" and int8 and not calib:
+        raise BadInputError("--int8 needs calibration images: --calib DIR")
+    if fmt == "openvino" and calib and not int8:
+        raise BadInputError("--calib is only used with --int8")
+    if fmt == "openvino":
+        from ..tasks.export_openvino import export_openvino
+
+        # Fails early (exit 2, one line) before the model is loaded when OpenVINO is missing.
+        _require_module("openvino", "OpenVINO export needs the 'openvino' package: pip install 'segnext-hub[openvino]'")
+        if int8:
+            _require_module("nncf", "int8 quantization needs NNCF: pip install 'segnext-hub[openvino]'")
+        model = _load(name_or_path, "cpu")
+        report = export_openvino(model, out, size=tuple(size), dynamic=dynamic, bases=bases, tolerance=tolerance,
+                                 int8=int8, calib=calib, min_agreement=min_agreement, force=force)
+        if as_json:
+            click.echo(json.dumps(report.to_dict(), indent=2))
+            return
+        click.echo(f"wrote {report.path} + {report.weights_path} ({report.size_bytes / 2**20:.1f} MiB, "
+                   f"OpenVINO {report.openvino_version.split('-')[0]}, {report.precision}); fp32 graph vs PyTorch "
+                   f"max abs diff {report.max_abs_diff:.2g} (tolerance {report.tolerance:g})")
+        quant = report.quantization
+        if quant:
+            speed = f"; speed-up {quant['speedup']:.2f}x" if "speedup" in quant else ""
+            click.echo(f"int8: argmax agreement with fp32 {quant['argmax_agreement']:.2%} on "
+                       f"{quant['held_out_images']} held-out image(s) ({quant['calibration_images']} calibrated)"
+                       f"{speed}; NMF kept in float ({quant['float_nmf_nodes']} nodes)")
+        return
     from ..tasks.export_onnx import export_onnx
 
     model = _load(name_or_path, "cpu")
@@ -174,3 +215,12 @@ def export(name_or_path: str, out: str, size: tuple[int, int], dynamic: bool, ba
         click.echo(f"wrote {report.path} ({report.size_bytes / 2**20:.1f} MiB, {report.exporter} exporter, "
                    f"opset {report.opset}); onnxruntime max abs diff {report.max_abs_diff:.2g} "
                    f"(tolerance {report.tolerance:g})")
+
+
+def _require_module(name: str, message: str) -> None:
+    import importlib.util
+
+    from ..errors import BadInputError
+
+    if importlib.util.find_spec(name) is None:
+        raise BadInputError(message)
