@@ -17,14 +17,14 @@ from PIL import Image
 
 from segnext_hub.cli.hub import main as hub_cli
 from segnext_hub.errors import BadInputError
-from segnext_hub.models import create_model
+from segnext_hub.models import build_model
 from segnext_hub.tasks.inference import output_stems, predict_files
 from tests.helpers.images import png_header_only
 
 
 @pytest.fixture(scope="module")
 def model():
-    return create_model("t", num_classes=150, md_r=16).eval()
+    return build_model("t", num_classes=150, md_r=16).eval()
 
 
 def picture(path: Path, seed: int = 0, size=(40, 56)) -> Path:
