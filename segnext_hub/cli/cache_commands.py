@@ -40,11 +40,17 @@ def list_command(cached: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(f"{'name':<30} {'dataset':<11} {'mIoU':>6} {'ms':>6} {'params':>7} {'source':<9} cached")
+    if cached and not rows:
+        from ..hub.cache import cache_root
+
+        click.echo(f"nothing cached in {cache_root()} (segnext-hub pull NAME adds one)")
+        return
+    # mIoU in percent: single-scale, then multi-scale (+flip where the publisher says so).
+    click.echo(f"{'name':<30} {'dataset':<11} {'mIoU':>6} {'mIoU-ms':>7} {'params':>7} {'source':<9} cached")
     for row in rows:
         miou = f"{row['miou']:.2f}" if row["miou"] is not None else "-"
         ms = f"{row['miou_ms']:.2f}" if row["miou_ms"] is not None else "-"
-        click.echo(f"{row['name']:<30} {row['dataset']:<11} {miou:>6} {ms:>6} {row['params'] / 1e6:>6.1f}M "
+        click.echo(f"{row['name']:<30} {row['dataset']:<11} {miou:>6} {ms:>7} {row['params'] / 1e6:>6.1f}M "
                    f"{row['source']:<9} {'yes' if row['cached'] else 'DAMAGED' if row['damaged'] else ''}")
 
 
@@ -197,14 +203,25 @@ def _registry_info(name: str, as_json: bool) -> None:
 def verify(names: tuple[str, ...]) -> None:
     """Re-hash cached files against the sha256 recorded at pull time (all if no NAMES).
 
-    Exit 1 when a file is missing or changed.
+    Exit 1 when a file is missing or changed (the message names the repair command, the
+    same one a load of that entry names); exit 2 when a named artifact was never pulled.
     """
     import sys
 
     from ..hub.pull import cached_names, verify_cached
     from ..hub.registry import get_artifact
 
+    from ..errors import BadInputError
+    from ..hub.cache import read_manifest
+
     targets = [get_artifact(n).name for n in names] or cached_names()
+    for name in (targets if names else []):  # a named artifact that was never pulled is bad input, as in `path`
+        try:
+            missing = not read_manifest(name)
+        except Exception:  # noqa: BLE001 - a damaged manifest is verify's to report
+            missing = False
+        if missing:
+            raise BadInputError(f"{name} is not cached; run: segnext-hub pull {name}")
     if not targets:
         click.echo("nothing cached to verify")
     problems = []

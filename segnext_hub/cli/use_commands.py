@@ -137,9 +137,10 @@ def eval_command(name_or_path: str, data_dir: str, dataset: Optional[str], aug_t
               help="Largest accepted |onnxruntime - PyTorch| logit difference.")
 @click.option("--force", is_flag=True, help="Overwrite OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar (shown on a terminal: export, checks, write).")
 @command_options
 def export(name_or_path: str, out: str, size: tuple[int, int], dynamic: bool, bases: str, tolerance: float,
-           force: bool, as_json: bool) -> None:
+           force: bool, as_json: bool, quiet: bool) -> None:
     """Export to ONNX and check onnxruntime against PyTorch before reporting success.
 
     The NMF head is random in PyTorch; in the graph its bases are an input named 'bases'
@@ -150,7 +151,7 @@ def export(name_or_path: str, out: str, size: tuple[int, int], dynamic: bool, ba
 
     model = _load(name_or_path, "cpu")
     report = export_onnx(model, out, size=tuple(size), dynamic=dynamic, bases=bases, tolerance=tolerance,
-                         force=force)
+                         force=force, progress=False if quiet else None)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
