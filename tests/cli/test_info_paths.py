@@ -104,3 +104,30 @@ def test_log_of_a_missing_file_says_no_such_file(tmp_path, monkeypatch):
 def test_info_of_a_folder_that_is_no_model(tmp_path):
     code, _, err = cli("info", tmp_path)
     assert code == 2 and "is not a model folder" in err and err.count("\n") == 1
+
+
+def test_list_names_the_multiscale_column_and_an_empty_cache(tmp_path, monkeypatch):
+    """Issue 20 point 7: `ms` read like milliseconds; `list --cached` printed only a header."""
+    monkeypatch.setenv("SEGNEXT_HUB_CACHE", str(tmp_path / "cache"))
+    code, out, _ = cli("list")
+    header = out.splitlines()[0].split()
+    assert code == 0 and "mIoU-ms" in header and "ms" not in header
+    code, out, _ = cli("list", "--cached")
+    assert code == 0 and out.startswith("nothing cached in ") and "segnext-hub pull NAME" in out
+
+
+def test_verify_and_load_name_the_same_repair(mirror):
+    """Issue 20 point 7: for the same damage, verify said `pull --force` where load said `pull`."""
+    import segnext_hub
+    from segnext_hub.errors import DamagedEntryError
+
+    mirror.serve("mscan-t")
+    folder = segnext_hub.pull("mscan-t", progress=False).path
+    with open(folder / "model.safetensors", "r+b") as handle:
+        handle.truncate(1000)
+    with pytest.raises(DamagedEntryError) as loaded:
+        segnext_hub.load("mscan-t")
+    code, _, err = cli("verify", "mscan-t")
+    assert code == 1
+    repair = str(loaded.value).rsplit("repair it with: ", 1)[1]
+    assert repair == "segnext-hub pull mscan-t" and err.strip().endswith(f"repair it with: {repair}")

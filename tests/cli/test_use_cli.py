@@ -62,6 +62,41 @@ def test_demo_runs_the_loopback_pipeline(tmp_path):
     for kind in ("classes", "color", "overlay"):
         assert (tmp_path / f"rocket_{kind}.png").is_file()
     assert (tmp_path / "loopback-cache" / "mscan-t" / "manifest.json").is_file()
+    # Issue 20: the hash-prefix warning is announced on stdout and its stderr line labelled.
+    assert "expect one warning below" in proc.stdout and "05bd8466" in proc.stdout
+    lines = proc.stderr.splitlines()
+    assert lines and all(line.startswith("[loopback, random weights] warning: ") for line in lines), proc.stderr
+    # The demo cache is marked as random weights: info says so, an exported card claims no mIoU.
+    env["SEGNEXT_HUB_CACHE"] = str(tmp_path / "loopback-cache")
+    env["SEGNEXT_HUB_OFFLINE"] = "1"
+    info = subprocess.run([sys.executable, "-m", "segnext_hub.cli.hub", "info", "mscan-t"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert info.returncode == 0 and "RANDOM" in info.stdout, info.stderr
+    from segnext_hub.tasks.publish import model_card
+    from segnext_hub.hub.config import read_config
+    import json as _json
+
+    folder = tmp_path / "loopback-cache" / "mscan-t"
+    manifest = _json.loads((folder / "manifest.json").read_text())
+    card = model_card(read_config(folder / "config.json"), "me/demo", artifact=None, manifest=manifest)
+    assert "RANDOM" in card and "41.50" not in card
+
+
+def test_ctrl_c_in_the_demo_is_one_line(tmp_path):
+    """Issue 20: Ctrl-C printed a 60-line traceback."""
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGNEXT_HUB_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.Popen([sys.executable, "-m", "segnext_hub.tasks.demo", "--out", str(tmp_path), "--loopback"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc.stdout.readline()  # the first line: the demo is running
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("interrupted; run make demo again"), err
 
 
 def test_eval_cli_json_and_training_seed_default(mirror, tmp_path):

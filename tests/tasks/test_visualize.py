@@ -107,9 +107,10 @@ def test_many_classes_use_16_bit_pngs(tmp_path):
 
 def test_save_outputs_rejects_bad_input(tmp_path):
     pal = palettes.get_palette("cityscapes")
-    (tmp_path / "a-file").write_text("x")
+    blocker = tmp_path.parent / f"{tmp_path.name}-a-file"
+    blocker.write_text("x")
     with pytest.raises(BadInputError, match="exists and is not a folder"):
-        save_outputs(np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), int), pal, tmp_path / "a-file", "x")
+        save_outputs(np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), int), pal, blocker, "x")
     with pytest.raises(BadInputError, match="does not match"):
         save_outputs(np.zeros((3, 2, 3), np.uint8), np.zeros((2, 2), int), pal, tmp_path, "x")
     with pytest.raises(BadInputError, match="fit"):
