@@ -36,9 +36,10 @@ def _load(name_or_path: str, device: str, md_r: Optional[int] = None, fast: bool
 
 @click.command()
 @click.argument("name_or_path")
-@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--out-dir", required=True, type=click.Path(file_okay=False),
-              help="Folder for <image>_classes.png, <image>_color.png, <image>_overlay.png.")
+              help="Folder for <image>_classes.png, <image>_color.png, <image>_overlay.png "
+                   "(a folder's images in the same relative subfolders).")
 @click.option("--mode", type=click.Choice(["whole", "slide"]), help="Default: the weights' test mode.")
 @seed_option
 @device_option
@@ -50,7 +51,8 @@ def _load(name_or_path: str, device: str, md_r: Optional[int] = None, fast: bool
 @command_options
 def predict(name_or_path: str, images: tuple[str, ...], out_dir: str, mode: Optional[str], seed: Optional[int],
             device: str, md_r: Optional[int], fast: bool, batch_size: int, workers: int, quiet: bool) -> None:
-    """Segment IMAGES with NAME_OR_PATH (registry name, local file or hf://org/repo).
+    """Segment IMAGES (files, or folders: every image under them, recursively) with
+    NAME_OR_PATH (registry name, local file or hf://org/repo).
 
     Writes a class-index PNG, a colour PNG in the dataset palette and an overlay per image.
     The seed defaults to 0 so repeated runs give the same masks.
@@ -67,7 +69,8 @@ def predict(name_or_path: str, images: tuple[str, ...], out_dir: str, mode: Opti
 @click.command("eval")
 @click.argument("name_or_path")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--dataset", type=click.Choice(["ade20k", "cityscapes"]), help="Default: from the folder layout.")
+@click.option("--dataset", type=click.Choice(["ade20k", "cityscapes", "folder"]),
+              help="Default: from the folder layout (folder: images/ + labels/, the model's classes).")
 @click.option("--aug-test", is_flag=True, help="Multi-scale (0.5-1.75) + flip: the 'ms+flip' column.")
 @click.option("--mode", type=click.Choice(["whole", "slide"]), help="Default: the dataset's test mode.")
 @click.option("--scale", nargs=2, type=click.IntRange(min=1), metavar="LONG SHORT",
@@ -95,7 +98,9 @@ def eval_command(name_or_path: str, data_dir: str, dataset: Optional[str], aug_t
                  batch_size: int, workers: int, dist_timeout: int, as_json: bool, quiet: bool) -> None:
     """mIoU / aAcc / mAcc and per-class IoU on an ADE20K or Cityscapes folder, as MMSeg computes them.
 
-    DATA_DIR holds ADEChallengeData2016/ (or is it), or leftImg8bit/ + gtFine/. The seed
+    DATA_DIR holds ADEChallengeData2016/ (or is it), or leftImg8bit/ + gtFine/, or
+    images/ + labels/ (the layout fine-tuning reads; PNG class indices, 255 ignored, the
+    model's classes). The seed
     defaults to the training seed the artifact records (config.json / the checkpoint's
     meta, else its training log; else 0); it is printed with its source.
     Under torchrun (RANK/WORLD_SIZE/LOCAL_RANK set) each process evaluates a share of the

@@ -123,27 +123,68 @@ def predict_files(
     """Predict each image and write ``<stem>_classes.png``, ``_color.png``, ``_overlay.png``,
     and one ``legend.json`` naming each class index and its colour.
 
+    ``images`` may name folders: every image under one is predicted, its outputs in the
+    same relative subfolders of ``out_dir`` (:func:`expand_images`).
+
     ``seed``: every image draws its bases from a generator seeded with ``seed`` (what
     ``torch.manual_seed(seed)`` before it would give), so a result does not depend on
     which images came before it. ``batch_size``/``workers``: see :func:`iter_predictions`.
     """
     if not hasattr(model, "predict_resized"):
         raise BadInputError("predict needs a segmentor; this artifact is a backbone only")
-    paths = [Path(p) for p in images]
-    for path in paths:
-        if not path.is_file():
-            raise BadInputError(f"image {path} does not exist")
     out = Path(out_dir)
+    found = expand_images(images, out)
+    paths = [path for path, _ in found]
+    subdirs = {path: sub for path, sub in found}
     out.mkdir(parents=True, exist_ok=True)
     space = model_label_space(model)
     palette = space.palette_array()
     write_legend(space, out)
-    stems = [p.stem for p in paths]
+    stems = [(subdirs[p], p.stem) for p in paths]
     written = []
     with progress_bar(len(paths), "predict", progress if len(paths) > 1 else False, unit="img") as bar:
         for path, rgb, pred in iter_predictions(model, paths, test_settings(model, mode), seed=seed,
                                                 batch_size=batch_size, workers=workers):
-            stem = path.stem if stems.count(path.stem) == 1 else f"{path.parent.name}_{path.stem}"
-            written.append(save_outputs(rgb, pred.mask.numpy(), palette, out, stem))
+            sub = subdirs[path]
+            stem = path.stem if stems.count((sub, path.stem)) == 1 else f"{path.parent.name}_{path.stem}"
+            written.append(save_outputs(rgb, pred.mask.numpy(), palette, out / sub, stem))
             bar.update(1)
     return written
+
+
+def expand_images(images: Sequence[Union[str, os.PathLike]], out_dir: Union[str, os.PathLike, None] = None
+                  ) -> list[tuple[Path, Path]]:
+    """Image files and folders -> (image, output subfolder) pairs.
+
+    A folder contributes every image under it, recursively (sorted; suffixes
+    ``IMAGE_SUFFIXES``, case-insensitive), and its outputs mirror the relative paths:
+    ``photos/a/b.jpg`` given as ``photos`` writes ``OUT/a/b_color.png``. A file given by
+    itself writes into ``OUT``. Files under ``out_dir`` (an earlier run's outputs inside the
+    input folder) are skipped.
+
+    Args:
+        images: files and folders, as given on the command line.
+        out_dir: the output folder, whose contents are never inputs.
+
+    Returns:
+        One pair per image, in argument order, each folder's images sorted by path.
+
+    Raises:
+        BadInputError: a path that does not exist, or a folder without images.
+    """
+    from ..training.data import IMAGE_SUFFIXES
+
+    skip = Path(out_dir).resolve() if out_dir is not None else None
+    found: list[tuple[Path, Path]] = []
+    for given in (Path(p) for p in images):
+        if given.is_dir():
+            inside = sorted((p for p in given.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                             and not (skip is not None and skip in p.resolve().parents)), key=str)
+            if not inside:
+                raise BadInputError(f"folder {given} holds no images ({' '.join(IMAGE_SUFFIXES)})")
+            found.extend((p, p.parent.relative_to(given)) for p in inside)
+        elif given.is_file():
+            found.append((given, Path()))
+        else:
+            raise BadInputError(f"image {given} does not exist")
+    return found

@@ -146,3 +146,39 @@ def test_predict_fast_agrees_with_exact(mirror, tmp_path):
     exact = np.array(Image.open(tmp_path / "exact" / "p_classes.png"))
     fast = np.array(Image.open(tmp_path / "fast" / "p_classes.png"))
     assert (exact == fast).mean() >= 0.999
+
+
+def _folder_dataset(root, rng, num_classes=150):
+    """images/ + labels/ (the layout fine-tuning reads), one image in a subfolder, mixed suffixes."""
+    for rel, suffix in (("a", ".jpg"), ("sub/b", ".png")):
+        (root / "images" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / "labels" / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)).save(root / "images" / f"{rel}{suffix}")
+        Image.fromarray(rng.integers(0, num_classes, (40, 52), dtype=np.uint8)).save(root / "labels" / f"{rel}.png")
+
+
+def test_eval_reads_the_images_labels_layout_with_the_models_classes(mirror, tmp_path):
+    """Issue 20 point 5: eval refused the layout fine-tuning uses."""
+    _folder_dataset(tmp_path / "mine", np.random.default_rng(1))
+    mirror.serve("mscan-t")
+    code, out, err = cli("eval", "mscan-t", tmp_path / "mine", "--json", "-q")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["dataset"] == "folder" and result["num_images"] == 2 and len(result["per_class"]) == 150
+    code, out, err = cli("eval", "mscan-t", tmp_path, "--json", "-q")  # the folder above it, as for ADE20K
+    assert code == 0 and json.loads(out)["num_images"] == 2, err
+
+
+def test_predict_takes_folders_recursively_and_mirrors_relative_paths(mirror, tmp_path):
+    """Issue 20 point 5: predict did not take a folder."""
+    _folder_dataset(tmp_path / "mine", np.random.default_rng(2))
+    mirror.serve("mscan-t")
+    out = tmp_path / "mine" / "images" / "out"  # inside the input: never read back as input
+    code, stdout, err = cli("predict", "mscan-t", tmp_path / "mine" / "images", "-o", out, "-q")
+    assert code == 0, err
+    assert stdout.split() == [str(out / "a_color.png"), str(out / "sub" / "b_color.png")]
+    code, stdout, err = cli("predict", "mscan-t", tmp_path / "mine" / "images", "-o", out, "-q")
+    assert code == 0 and len(stdout.split()) == 2
+    (tmp_path / "empty").mkdir()
+    code, _, err = cli("predict", "mscan-t", tmp_path / "empty", "-o", out, "-q")
+    assert code == 2 and "holds no images" in err and err.count("\n") == 1
