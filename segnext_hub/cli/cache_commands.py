@@ -135,9 +135,9 @@ def _registry_info(name: str, as_json: bool) -> None:
     art = get_artifact(name)
     state, manifest, problem = cache_state(art.name)
     data = {"artifact": dataclasses.asdict(art), "cached": manifest is not None, "cache_state": state,
-            "layout": art.layout, "variant": art.variant, "kind": art.kind, "num_classes": art.num_classes,
-            "md_r": art.md_r, "md_r_source": f"registry: {art.md_r_source}" if art.md_r is not None else None,
-            "training_seed": None, "training_seed_source": None, "record_warnings": []}
+            "layout": art.layout, "training_seed": None, "training_seed_source": None, "record_warnings": []}
+    data.update((key, getattr(art, key)) for key in ("variant", "kind", "num_classes", "md_r"))
+    data["md_r_source"] = f"registry: {art.md_r_source}" if art.md_r is not None else None
     if problem:
         data["damage"] = problem
     if manifest:

@@ -111,22 +111,22 @@ def _describe_folder(folder: Path) -> dict[str, Any]:
 
 
 def _from_config(config: ArtifactConfig, *, layout: str, file_format: str, sha256: str) -> dict[str, Any]:
+    """The description of an artifact config (folder, safetensors header or a file's
+    detection): its typed fields, then what the file adds."""
     name, how = registry_match(sha256)
-    data: dict[str, Any] = {
-        "path": None, "format": file_format, "sha256": sha256, "layout": layout,
-        "source_layout": config.source_layout, "variant": config.variant, "kind": config.kind,
-        "num_classes": config.num_classes, "dataset": config.dataset,
-        "md_r": config.md_r, "md_r_source": config.md_r_source,
-        "training_seed": config.training_seed, "training_seed_source": config.training_seed_source,
-        "registry_artifact": name, "registry_match": how,
-        "random_weights": "random" in (config.pretrained_backbone or "") or _is_demo(config),
-    }
+    fields = config.to_json()
+    data: dict[str, Any] = {"path": None, "format": file_format, "sha256": sha256, "layout": layout}
+    data.update((key, fields[key]) for key in KEYS if key != "layout")
+    data.update(source_layout=config.source_layout, dataset=config.dataset, registry_artifact=name,
+                registry_match=how, random_weights=_is_demo(config))
     data.update(_classes(config.num_classes, config.dataset, config.classes, config.classes_source))
     return data
 
 
 def _is_demo(config: ArtifactConfig) -> bool:
-    return (config.source_url or "").startswith("segnext-hub-demo:")
+    """Random weights say so where segnext-hub made them (``pretrained_backbone`` "none"
+    is a fine-tune from random init, which is trained by then: not this)."""
+    return "random weights" in (config.source_url or "")
 
 
 def _classes(num_classes: Optional[int], dataset: Optional[str], classes: Any, source: Optional[str]) -> dict:
@@ -151,18 +151,11 @@ def _describe_file(path: Path) -> dict[str, Any]:
             data.update(path=str(path), sha256_of="the file")
             return data
     conversion = convert_checkpoint(checkpoint, verify=False)  # detection and record; nothing written
-    det, rec = conversion.detection, conversion.report.record
-    name, how = registry_match(checkpoint.sha256)
-    data = {
-        "path": str(path), "format": checkpoint.format, "sha256": checkpoint.sha256, "sha256_of": "the file",
-        "layout": det.layout, "layout_source": det.sources.get("layout"), "source_layout": det.layout,
-        "variant": det.variant, "kind": det.kind, "num_classes": det.num_classes, "dataset": det.dataset,
-        "md_r": det.md_r, "md_r_source": det.sources.get("md_r") if det.kind == "segmentor" else None,
-        "training_seed": rec.get("training_seed"), "training_seed_source": rec.get("training_seed_source"),
-        "registry_artifact": name, "registry_match": how, "random_weights": False,
-        "disagreements": list(conversion.report.disagreements),
-    }
-    data.update(_classes(det.num_classes, det.dataset, rec.get("classes"), rec.get("classes_source")))
+    det = conversion.detection
+    data = _from_config(conversion.artifact_config(path.stem), layout=det.layout, file_format=checkpoint.format,
+                        sha256=checkpoint.sha256)
+    data.update(path=str(path), sha256_of="the file", layout_source=det.sources.get("layout"),
+                disagreements=list(conversion.report.disagreements))
     return data
 
 
