@@ -131,7 +131,8 @@ def list_samples(layout: Layout, root: Path) -> list[Sample]:
     image_dir, label_dir = root / layout.image_dir, root / layout.label_dir
     # By path string, as MMSeg sorts (Path order differs when a name contains "-" or ".").
     suffixes = (layout.image_suffix,) if layout.image_suffix else IMAGE_SUFFIXES
-    images = sorted((p for p in image_dir.rglob("*") if p.name.lower().endswith(suffixes) and p.is_file()), key=str)
+    lowered = tuple(x.lower() for x in suffixes)
+    images = sorted((p for p in image_dir.rglob("*") if p.name.lower().endswith(lowered) and p.is_file()), key=str)
     if not images:
         raise BadInputError(f"no {' '.join('*' + x for x in suffixes)} images under {image_dir}")
     samples, missing = [], []
