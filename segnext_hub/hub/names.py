@@ -17,7 +17,7 @@ from ..errors import BadInputError
 from .registry import get_artifact, published_file_names
 
 HF_SCHEME = "hf://"
-_CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".pkl", ".bin", ".ckpt")
+_CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".pkl", ".bin", ".ckpt", ".pdparams")
 # Files other commands take in the same argument (``log run.log.json``); never registry names.
 _OTHER_FILE_SUFFIXES = (".json", ".log", ".yaml", ".yml", ".txt")
 

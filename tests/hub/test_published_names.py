@@ -24,8 +24,8 @@ def _url_file(url: str) -> str:
     return PurePosixPath(unquote(query[0]) if query else unquote(parts.path)).name
 
 
-def test_the_registry_has_all_36_entries():
-    assert len(ARTIFACTS) == 36
+def test_the_registry_has_at_least_the_36_entries_of_issue_20():
+    assert len(ARTIFACTS) >= 36
 
 
 @pytest.mark.parametrize("art", ARTIFACTS, ids=lambda a: a.name)
