@@ -404,16 +404,31 @@ def _url_file_name(artifact: Artifact) -> Optional[str]:
     return name if "." in name else None
 
 
+# File names a publisher gives every model, the folder above naming the model instead
+# (PaddleSeg: .../segnext_mscan_t_cityscapes_1024x1024_160k/model.pdparams).
+_GENERIC_STEMS = frozenset({"model", "best_model", "checkpoint", "weights", "latest"})
+
+
+def _url_folder_name(artifact: Artifact) -> Optional[str]:
+    """The URL's folder, for a file with a generic name (``model.pdparams``)."""
+    file_name = _url_file_name(artifact)
+    if not file_name or file_name.rsplit(".", 1)[0].lower() not in _GENERIC_STEMS:
+        return None
+    return PurePosixPath(unquote(urlsplit(artifact.url).path)).parent.name or None
+
+
 def published_file_names(artifact: Artifact) -> tuple[str, ...]:
     """The names a downloaded copy of ``artifact`` goes by: the URL's file name (what a
     browser or ``wget`` saves) and the registry's cache file name, each with and without
-    its suffix (``mscan_b_20230227-3ab7d230.pth``, ``mscan_b_20230227-3ab7d230``).
+    its suffix (``mscan_b_20230227-3ab7d230.pth``, ``mscan_b_20230227-3ab7d230``); where
+    the file's name is generic (PaddleSeg's ``model.pdparams``), its URL folder's name
+    (``segnext_mscan_t_cityscapes_1024x1024_160k``) instead of the file's.
 
     Returns:
         Lower-case names, without repeats.
     """
     names: list[str] = []
-    for file_name in (_url_file_name(artifact), artifact.filename):
+    for file_name in (_url_file_name(artifact), artifact.filename, _url_folder_name(artifact)):
         if file_name:
             for text in (file_name, file_name.rsplit(".", 1)[0]):
                 if text.lower() not in names:
@@ -429,7 +444,8 @@ def _published_names() -> Mapping[str, tuple[str, ...]]:
     index: dict[str, list[str]] = {}
     for artifact in list_artifacts():
         for text in published_file_names(artifact):
-            index.setdefault(text, []).append(artifact.name)
+            if text.rsplit(".", 1)[0] not in _GENERIC_STEMS:  # "model.pdparams" names no artifact
+                index.setdefault(text, []).append(artifact.name)
     return types.MappingProxyType({k: tuple(v) for k, v in index.items()})
 
 
