@@ -3,7 +3,12 @@
     python examples/finetune.py DATA_ROOT --model mscan-t --classes classes.txt --iters 20000 --out runs/mine
 
 DATA_ROOT holds ``images/`` and ``labels/`` (PNG class indices, 255 = ignore, matching stems),
-or ADE20K's ``images/training`` + ``annotations/training`` (its 150 classes by default).
+or ADE20K's ``images/training`` + ``annotations/training`` (its 150 classes by default), or is
+the folder holding one of them (``data/`` with ``ADEChallengeData2016/``, as ``segnext-hub eval``
+takes it). Every label is read once before the first iteration (with a progress bar on a
+terminal) and a value outside the classes stops the run then; ``--no-label-check`` skips it.
+Without a terminal (a log file, CI) a line goes to stderr every ``--log-every`` iterations;
+at the end the script prints what it wrote.
 ``--model`` is the artifact to start from (a registry name, a path, ``hf://``); its
 classifier is replaced when your class count differs. With ``--backbone mscan-t-in1k`` (or a
 path, or ``none`` for random weights) ``--model`` is a variant (t, s, b, l) built new around
@@ -37,6 +42,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import NoReturn, Optional, Sequence
 
@@ -62,8 +68,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    p = Parser(prog="finetune.py", description=__doc__.split("\n")[0])
-    p.add_argument("data_root", type=Path, help="images/ + labels/, or ADE20K's layout")
+    p = Parser(prog="finetune.py", description=__doc__.split("\n")[0],
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("data_root", type=Path,
+                   help="images/ + labels/, or ADE20K's layout, or the folder holding one (as segnext-hub eval)")
     p.add_argument("--model", default="mscan-t", help="artifact to start from; with --backbone, a variant")
     p.add_argument("--backbone", help="build a new model around this MSCAN artifact ('none': random)")
     p.add_argument("--classes", help="text file, one class name per line (ADE20K layout: optional)")
@@ -72,14 +80,15 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                    help="images per optimiser step, over all processes and accumulation steps (MMSeg: 16)")
     p.add_argument("--accum-steps", type=int, default=1,
                    help="micro-batches per step and process (gradients accumulated; all-reduced once)")
-    p.add_argument("--lr", type=float, default=6e-5)
+    p.add_argument("--lr", type=float, default=6e-5, help="base learning rate (the head gets 10x; MMSeg: 6e-5)")
     p.add_argument("--warmup", type=int, help="linear warm-up iterations (default: min(1500, iters // 10))")
-    p.add_argument("--crop-size", type=int, default=512)
+    p.add_argument("--crop-size", type=int, default=512, help="square training crop (MMSeg ADE20K: 512)")
     p.add_argument("--out", type=Path, required=True, help="folder for last.safetensors and log.jsonl")
-    p.add_argument("--save-every", type=int, default=4000)
+    p.add_argument("--save-every", type=int, default=4000, help="write OUT/last.safetensors every N iterations (and at the end)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
     p.add_argument("--workers", type=int, default=4, help="DataLoader worker processes")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device (default here: cuda when available, else cpu)")
     p.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default="bf16",
                    help="autocast dtype on CUDA (fp16 adds a GradScaler); the CPU trains in fp32")
     p.add_argument("--seed", type=int, default=0, help="model init, dropout/drop path/NMF, samples")
@@ -90,9 +99,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                    help="no gradients, eval-mode BatchNorm for the first N backbone stages (0-4)")
     p.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S,
                    help="seconds a process waits in a collective under torchrun before giving up")
+    p.add_argument("--log-every", type=int, default=50,
+                   help="without a terminal (a log file, CI): one progress line on stderr every N iterations")
+    p.add_argument("--no-label-check", action="store_true",
+                   help="skip reading every label for out-of-range values before the first iteration")
     args = p.parse_args(argv)
     for name, least in (("iters", 2), ("batch_size", 1), ("save_every", 1), ("crop_size", 1), ("workers", 0),
-                        ("accum_steps", 1), ("freeze_stages", 0)):
+                        ("accum_steps", 1), ("freeze_stages", 0), ("log_every", 1)):
         if getattr(args, name) < least:
             p.error(f"--{name.replace('_', '-')} must be at least {least}")
     if args.freeze_stages > 4:
@@ -139,6 +152,17 @@ def train(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     dataset = SegmentationFolder(args.data_root, args.classes, seed=args.seed,
                                  transform=TrainTransform(crop_size=args.crop_size))
+    lead = world.rank == 0
+    if lead and dataset.root != args.data_root:
+        print(f"finetune.py: dataset {dataset.root} ({len(dataset)} images, {dataset.num_classes} classes)",
+              file=sys.stderr)
+    if not args.no_label_check:  # every rank reads them: a bad label stops all before training
+        error = None
+        try:
+            dataset.check_labels(progress=None if lead else False)
+        except SegnextHubError as err:
+            error = err
+        raise_if_any_failed(error, world)
     last = args.out / "last.safetensors"
     model = segnext_hub.load(last) if args.resume else build_model(args, dataset.num_classes)
     if model.num_classes != dataset.num_classes:
@@ -171,11 +195,12 @@ def train(args: argparse.Namespace) -> None:
                         sampler=sampler, pin_memory=device.type == "cuda", persistent_workers=args.workers > 0,
                         generator=torch.Generator().manual_seed(args.seed))  # leaves the global RNG alone
     batches = iter(loader)
-    lead = world.rank == 0
     if lead:
         args.out.mkdir(parents=True, exist_ok=True)
         trim_log(args.out / "log.jsonl", start)
     bar = progress_bar(args.iters, "fine-tuning", None if lead else False, initial=start)
+    lines = lead and not sys.stderr.isatty()  # no bar there: a plain line every --log-every iterations
+    started = time.perf_counter()
 
     def loss_fn(net: torch.nn.Module, batch: tuple) -> torch.Tensor:
         images, labels = batch
@@ -193,6 +218,10 @@ def train(args: argparse.Namespace) -> None:
                 log.write(json.dumps({"iteration": iteration, "loss": value, "lr": lr}) + "\n")
                 bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", refresh=False)
                 bar.update()
+                if lines and (iteration % args.log_every == 0 or iteration == args.iters):
+                    pace = (time.perf_counter() - started) / (iteration - start)
+                    print(f"finetune.py: iteration {iteration}/{args.iters} loss {value:.4f} lr {lr:.2e} "
+                          f"({pace:.2f} s/it)", file=sys.stderr, flush=True)
             if iteration % args.save_every == 0 or iteration == args.iters:
                 differ = replicas_differ(model, world.device)
                 if differ:
@@ -205,6 +234,9 @@ def train(args: argparse.Namespace) -> None:
                                     optimizer=optimizer, scheduler=scheduler, iteration=iteration,
                                     extra={"rank_rng_states": states, "world_size": world.size})
     bar.close()
+    if lead:
+        print(f"wrote {last} (iteration {args.iters}) and {args.out / 'log.jsonl'}; "
+              f"load it with segnext_hub.load({str(last)!r})")
 
 
 def fetch(batches, count: int, device: torch.device, world) -> list:

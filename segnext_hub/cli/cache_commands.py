@@ -40,11 +40,17 @@ def list_command(cached: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(f"{'name':<30} {'dataset':<11} {'mIoU':>6} {'ms':>6} {'params':>7} {'source':<9} cached")
+    if cached and not rows:
+        from ..hub.cache import cache_root
+
+        click.echo(shown(f"nothing cached in {cache_root()} (segnext-hub pull NAME adds one)"))
+        return
+    # mIoU in percent: single-scale, then multi-scale (+flip where the publisher says so).
+    click.echo(f"{'name':<30} {'dataset':<11} {'mIoU':>6} {'mIoU-ms':>7} {'params':>7} {'source':<9} cached")
     for row in rows:
         miou = f"{row['miou']:.2f}" if row["miou"] is not None else "-"
         ms = f"{row['miou_ms']:.2f}" if row["miou_ms"] is not None else "-"
-        click.echo(f"{row['name']:<30} {row['dataset']:<11} {miou:>6} {ms:>6} {row['params'] / 1e6:>6.1f}M "
+        click.echo(f"{row['name']:<30} {row['dataset']:<11} {miou:>6} {ms:>7} {row['params'] / 1e6:>6.1f}M "
                    f"{row['source']:<9} {'yes' if row['cached'] else 'DAMAGED' if row['damaged'] else ''}")
 
 
@@ -84,15 +90,41 @@ def path(name: str) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name_or_path")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @command_options
-def info(name: str, as_json: bool) -> None:
-    """Registry entry, cache state, hash status, the artifact's record and training-log summary of NAME.
+def info(name_or_path: str, as_json: bool) -> None:
+    """What NAME_OR_PATH is: a registry name, or a local checkpoint / model folder.
 
-    MD_R and the training seed are shown with their sources: what the pulled checkpoint
-    and its log recorded, or only the registry's value before a pull.
+    For a registry name: the registry entry, cache state, hash status, the artifact's record
+    and training-log summary (or why the log is missing). For a local file (any format
+    segnext-convert reads) or a folder with model.safetensors + config.json: layout,
+    variant, kind, classes, MD_R and training seed with their sources, and the registry
+    artifact whose sha256 it has. Nothing is written.
     """
+    from ..errors import BadInputError
+    from ..hub.names import resolve
+
+    source = resolve(name_or_path)
+    if source.kind == "hf":
+        raise BadInputError(f"{name_or_path}: info reads a registry name or a local file; "
+                            "download the repo first (segnext_hub.load) and give its folder")
+    if source.kind == "path":
+        from ..tasks.describe import describe_path, format_description
+
+        described = describe_path(source.path)
+        if as_json:
+            click.echo(json.dumps(described, indent=2, default=str))
+            return
+        for line in format_description(described):
+            click.echo(shown(line))
+        for line in described.get("disagreements") or []:
+            click.echo(shown(f"warning: {line}"), err=True)
+        return
+    _registry_info(source.name, as_json)
+
+
+def _registry_info(name: str, as_json: bool) -> None:
     import dataclasses
 
     from ..hub.cache import artifact_dir
@@ -103,8 +135,9 @@ def info(name: str, as_json: bool) -> None:
     art = get_artifact(name)
     state, manifest, problem = cache_state(art.name)
     data = {"artifact": dataclasses.asdict(art), "cached": manifest is not None, "cache_state": state,
-            "md_r": art.md_r, "md_r_source": f"registry: {art.md_r_source}" if art.md_r is not None else None,
-            "training_seed": None, "training_seed_source": None, "record_warnings": []}
+            "layout": art.layout, "training_seed": None, "training_seed_source": None, "record_warnings": []}
+    data.update((key, getattr(art, key)) for key in ("variant", "kind", "num_classes", "md_r"))
+    data["md_r_source"] = f"registry: {art.md_r_source}" if art.md_r is not None else None
     if problem:
         data["damage"] = problem
     if manifest:
@@ -114,7 +147,8 @@ def info(name: str, as_json: bool) -> None:
                     record_warnings=manifest.get("record_disagreements") or [])
         data.update(path=str(artifact_dir(art.name)), raw_sha256=manifest.get("raw_sha256"),
                     hash_status=manifest.get("hash_status"), warnings=manifest.get("warnings"),
-                    verification=manifest.get("conversion", {}).get("verification"))
+                    verification=manifest.get("conversion", {}).get("verification"),
+                    random_weights=manifest.get("random_weights"))
         log_file = manifest.get("log_file")
         if log_file:
             from ..tasks.logs import parse_log
@@ -123,15 +157,23 @@ def info(name: str, as_json: bool) -> None:
                 data["log"] = parse_log(artifact_dir(art.name) / log_file).as_dict()
             except Exception as err:  # noqa: BLE001 - a bad log must not hide the rest
                 data["log_error"] = str(err)
+        elif manifest.get("log_error"):
+            data["log_error"] = f"download failed: {manifest['log_error']}"
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return
     for key, value in data["artifact"].items():
+        if key == "sha256":
+            value = value or "not pinned by the registry (the pull records the file's own)"
+        elif value is None:
+            continue  # a field that does not apply (a backbone's classes) or is unknown: no "None" lines
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
         click.echo(shown(f"{key:<15} {value}"))
     state_text = {"cached": f"yes: {data.get('path')}", "damaged": f"DAMAGED: {problem}"}.get(state, "no")
     click.echo(shown(f"{'cached':<15} {state_text}"))
+    if data.get("random_weights"):
+        click.echo(shown(f"{'weights':<15} RANDOM: {data['random_weights']}"))
     if data["md_r"] is not None:
         click.echo(shown(f"{'MD_R':<15} {data['md_r']} ({data['md_r_source']})"))
     if manifest:
@@ -141,7 +183,7 @@ def info(name: str, as_json: bool) -> None:
     for line in data["record_warnings"]:
         click.echo(shown(f"warning: {line}"), err=True)
     if manifest:
-        click.echo(shown(f"{'sha256':<15} {data['raw_sha256']}"))
+        click.echo(shown(f"{'pulled sha256':<15} {data['raw_sha256']}"))
         click.echo(shown(f"{'hash status':<15} {data['hash_status']}"))
         ver = data.get("verification") or {}
         click.echo(shown(f"{'verified':<15} {ver.get('verified')} (max abs diff {ver.get('max_abs_diff')})"))
@@ -149,6 +191,10 @@ def info(name: str, as_json: bool) -> None:
             log = data["log"]
             click.echo(shown(f"{'log':<15} best mIoU {log.get('best_miou')} @ {log.get('best_miou_iter')}, "
                              f"final {log.get('final_miou')}, seed {log.get('seed')}, MD_R {log.get('md_r')}"))
+        elif data.get("log_error"):
+            click.echo(shown(f"{'log':<15} {data['log_error']}"))
+        elif not art.log_url:
+            click.echo(shown(f"{'log':<15} none published"))
 
 
 @click.command()
@@ -157,14 +203,25 @@ def info(name: str, as_json: bool) -> None:
 def verify(names: tuple[str, ...]) -> None:
     """Re-hash cached files against the sha256 recorded at pull time (all if no NAMES).
 
-    Exit 1 when a file is missing or changed.
+    Exit 1 when a file is missing or changed (the message names the repair command, the
+    same one a load of that entry names); exit 2 when a named artifact was never pulled.
     """
     import sys
 
     from ..hub.pull import cached_names, verify_cached
     from ..hub.registry import get_artifact
 
+    from ..errors import BadInputError
+    from ..hub.cache import read_manifest
+
     targets = [get_artifact(n).name for n in names] or cached_names()
+    for name in (targets if names else []):  # a named artifact that was never pulled is bad input, as in `path`
+        try:
+            missing = not read_manifest(name)
+        except Exception:  # noqa: BLE001 - a damaged manifest is verify's to report
+            missing = False
+        if missing:
+            raise BadInputError(f"{name} is not cached; run: segnext-hub pull {name}")
     if not targets:
         click.echo("nothing cached to verify")
     problems = []
@@ -211,11 +268,16 @@ def log(name_or_file: str, plot_path: Optional[str], as_json: bool) -> None:
     path = source.path
     if source.kind == "registry":
         from ..hub.pull import pull as pull_artifact
+        from ..hub.registry import get_artifact
 
+        if get_artifact(source.name).log_url is None:  # known without a download
+            raise BadInputError(f"{source.name}: none published (the publisher released no training log)")
         result = pull_artifact(source.name)
         log_file = result.manifest.get("log_file")
         if not log_file:
-            raise BadInputError(f"{result.name} has no published training log")
+            reason = result.manifest.get("log_error") or "reason not recorded"
+            raise BadInputError(f"{result.name}: the training log's download failed: {reason}; "
+                                f"retry with: segnext-hub pull --force {result.name}")
         path = result.path / log_file
     summary = parse_log(path)
     if plot_path:

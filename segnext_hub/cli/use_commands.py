@@ -36,7 +36,7 @@ def _load(name_or_path: str, device: str, md_r: Optional[int] = None, fast: bool
 
 @click.command()
 @click.argument("name_or_path")
-@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--out-dir", required=True, type=click.Path(file_okay=False),
               help="Folder for <image>_classes.png, <image>_color.png, <image>_overlay.png.")
 @click.option("--mode", type=click.Choice(["whole", "slide"]), help="Default: the weights' test mode.")
@@ -54,7 +54,9 @@ def _load(name_or_path: str, device: str, md_r: Optional[int] = None, fast: bool
 def predict(name_or_path: str, images: tuple[str, ...], out_dir: str, mode: Optional[str], seed: Optional[int],
             device: str, md_r: Optional[int], fast: bool, batch_size: int, workers: int, max_megapixels: float,
             skip_bad: bool, quiet: bool) -> None:
-    """Segment IMAGES with NAME_OR_PATH (registry name, local file or hf://org/repo).
+    """Segment IMAGES (files, or folders: every image under them, recursively, outputs in
+    the same relative subfolders of OUT_DIR) with NAME_OR_PATH (registry name, local file
+    or hf://org/repo).
 
     Writes a class-index PNG, a colour PNG in the dataset palette and an overlay per image
     (IMAGE_classes.png, ...; inputs sharing a name get the extension or their folder added,
@@ -84,7 +86,8 @@ def predict(name_or_path: str, images: tuple[str, ...], out_dir: str, mode: Opti
 @click.command("eval")
 @click.argument("name_or_path")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--dataset", type=click.Choice(["ade20k", "cityscapes"]), help="Default: from the folder layout.")
+@click.option("--dataset", type=click.Choice(["ade20k", "cityscapes", "folder"]),
+              help="Default: from the folder layout (folder: images/ + labels/, the model's classes).")
 @click.option("--aug-test", is_flag=True, help="Multi-scale (0.5-1.75) + flip: the 'ms+flip' column.")
 @click.option("--mode", type=click.Choice(["whole", "slide"]), help="Default: the dataset's test mode.")
 @click.option("--scale", nargs=2, type=click.IntRange(min=1), metavar="LONG SHORT",
@@ -112,7 +115,9 @@ def eval_command(name_or_path: str, data_dir: str, dataset: Optional[str], aug_t
                  batch_size: int, workers: int, dist_timeout: int, as_json: bool, quiet: bool) -> None:
     """mIoU / aAcc / mAcc and per-class IoU on an ADE20K or Cityscapes folder, as MMSeg computes them.
 
-    DATA_DIR holds ADEChallengeData2016/ (or is it), or leftImg8bit/ + gtFine/. The seed
+    DATA_DIR holds ADEChallengeData2016/ (or is it), or leftImg8bit/ + gtFine/, or
+    images/ + labels/ (the layout fine-tuning reads; PNG class indices, 255 ignored, the
+    model's classes). The seed
     defaults to the training seed the artifact records (config.json / the checkpoint's
     meta, else its training log; else 0); it is printed with its source.
     Under torchrun (RANK/WORLD_SIZE/LOCAL_RANK set) each process evaluates a share of the
@@ -160,10 +165,11 @@ def eval_command(name_or_path: str, data_dir: str, dataset: Optional[str], aug_t
               help="--int8: fail (exit 1, nothing written) below this held-out argmax agreement with fp32.")
 @click.option("--force", is_flag=True, help="Overwrite OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar (ONNX, on a terminal: export, checks, write).")
 @command_options
 def export(name_or_path: str, out: str, fmt: Optional[str], size: tuple[int, int], dynamic: bool, bases: str,
            tolerance: float, int8: bool, calib: Optional[str], min_agreement: Optional[float], force: bool,
-           as_json: bool) -> None:
+           as_json: bool, quiet: bool) -> None:
     """Export to ONNX or OpenVINO IR and check the runtime against PyTorch before writing.
 
     The NMF head is random in PyTorch; in the graph its bases are an input named 'bases'
@@ -208,7 +214,7 @@ def export(name_or_path: str, out: str, fmt: Optional[str], size: tuple[int, int
 
     model = _load(name_or_path, "cpu")
     report = export_onnx(model, out, size=tuple(size), dynamic=dynamic, bases=bases, tolerance=tolerance,
-                         force=force)
+                         force=force, progress=False if quiet else None)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:

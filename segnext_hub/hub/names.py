@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Optional, Union
 
 from ..errors import BadInputError
-from .registry import get_artifact
+from .registry import get_artifact, published_file_names
 
 HF_SCHEME = "hf://"
 _CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".pkl", ".bin", ".ckpt", ".pdparams")
+# Files other commands take in the same argument (``log run.log.json``); never registry names.
+_OTHER_FILE_SUFFIXES = (".json", ".log", ".yaml", ".yml", ".txt")
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +39,9 @@ def resolve(name_or_path: Union[str, Path], *, note: bool = True) -> Source:
 
     * ``hf://org/repo[@revision]`` is a Hugging Face repo;
     * a ``Path`` object, or text with a path separator, a leading ``.`` or ``~``, or a
-      checkpoint suffix, is a local path (``./mscan-t`` is the folder named mscan-t);
+      checkpoint suffix (or ``.json``/``.log``/``.yaml``/``.txt``), is a local path
+      (``./mscan-t`` is the folder named mscan-t); a missing one is "no such file or
+      folder", naming the artifact when it is a published file's name;
     * any other text is a registry name (or alias), even where a file of that name exists,
       which is then mentioned on stderr, so a local folder never silently shadows a
       published model;
@@ -52,8 +56,8 @@ def resolve(name_or_path: Union[str, Path], *, note: bool = True) -> Source:
     if text.startswith(HF_SCHEME):
         return Source("hf", text[len(HF_SCHEME):])
     if (any(sep in text for sep in ("/", "\\")) or text.startswith((".", "~"))
-            or text.lower().endswith(_CHECKPOINT_SUFFIXES)):
-        return _local(Path(text))
+            or text.lower().endswith(_CHECKPOINT_SUFFIXES + _OTHER_FILE_SUFFIXES)):
+        return _local(Path(text), published_hint=True)
     try:
         artifact = get_artifact(text)  # unknown names: one line with "did you mean"
     except BadInputError:
@@ -66,8 +70,23 @@ def resolve(name_or_path: Union[str, Path], *, note: bool = True) -> Source:
     return Source("registry", artifact.name)
 
 
-def _local(path: Path) -> Source:
+def _local(path: Path, *, published_hint: bool = False) -> Source:
     path = path.expanduser()
     if not path.exists():
-        raise BadInputError(f"{path}: no such file or folder")
+        hint = _published_hint(path) if published_hint else ""
+        raise BadInputError(f"{path}: no such file or folder{hint}")
     return Source("path", str(path), path)
+
+
+def _published_hint(path: Path) -> str:
+    """For a missing file that is a published file's name: which artifact it is, so that
+    ``predict mscan_b_20230227-3ab7d230.pth`` before a download says what to type."""
+    if path.parent != Path("."):
+        return ""
+    try:
+        artifact = get_artifact(path.name)
+    except BadInputError:
+        return ""
+    if path.name.lower() != artifact.name and path.name.lower() in published_file_names(artifact):
+        return f" (it is the published file of {artifact.name}: use that name, or segnext-hub pull {artifact.name})"
+    return ""

@@ -363,6 +363,11 @@ def verify_cached(name: str) -> list[str]:
             return [str(err)]
         if not manifest or manifest.get("complete") is not True:
             return [f"{name}: not cached (or the pull did not finish); run: segnext-hub pull {name}"]
+        # The repair a load would name: a wrong size is repaired by a plain pull (it keeps an
+        # intact download); only content that changed at the same size needs --force.
+        quick = entry_problems(name, manifest)
+        if quick:
+            return [str(damaged(name, problem)) for problem in quick]
         return [str(damaged(name, problem, force=True)) for problem in entry_problems(name, manifest, full=True)]
 
 

@@ -16,8 +16,9 @@ import os
 import re
 import types
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, Optional, Union
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
@@ -394,12 +395,78 @@ def _normalise_name(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
 
-def get_artifact(name: str) -> Artifact:
-    """Resolve a registry name (case and ``_``/``-`` insensitive) or an alias (the paper's,
-    the official repo's and MMSeg's spellings, see :func:`resolve_alias`).
+def _url_file_name(artifact: Artifact) -> Optional[str]:
+    """The file name an artifact's URL carries: its last path part, or a Seafile link's
+    ``p=`` query (``.../files/?p=%2Fmscan_t.pth&dl=1``); None for a share link (``/f/<id>/``)."""
+    parts = urlsplit(artifact.url)
+    query = parse_qs(parts.query).get("p")
+    name = PurePosixPath(unquote(query[0])).name if query else PurePosixPath(unquote(parts.path)).name
+    return name if "." in name else None
 
-    Unknown names raise :class:`BadInputError` with up to three close matches, since
-    most misses are a missing suffix (``mscan-t-ade20k`` for ``...-official``).
+
+# File names a publisher gives every model, the folder above naming the model instead
+# (PaddleSeg: .../segnext_mscan_t_cityscapes_1024x1024_160k/model.pdparams).
+_GENERIC_STEMS = frozenset({"model", "best_model", "checkpoint", "weights", "latest"})
+
+
+def _url_folder_name(artifact: Artifact) -> Optional[str]:
+    """The URL's folder, for a file with a generic name (``model.pdparams``)."""
+    file_name = _url_file_name(artifact)
+    if not file_name or file_name.rsplit(".", 1)[0].lower() not in _GENERIC_STEMS:
+        return None
+    return PurePosixPath(unquote(urlsplit(artifact.url).path)).parent.name or None
+
+
+def published_file_names(artifact: Artifact) -> tuple[str, ...]:
+    """The names a downloaded copy of ``artifact`` goes by: the URL's file name (what a
+    browser or ``wget`` saves) and the registry's cache file name, each with and without
+    its suffix (``mscan_b_20230227-3ab7d230.pth``, ``mscan_b_20230227-3ab7d230``); where
+    the file's name is generic (PaddleSeg's ``model.pdparams``), its URL folder's name
+    (``segnext_mscan_t_cityscapes_1024x1024_160k``) instead of the file's.
+
+    Returns:
+        Lower-case names, without repeats.
+    """
+    names: list[str] = []
+    for file_name in (_url_file_name(artifact), artifact.filename, _url_folder_name(artifact)):
+        if file_name:
+            for text in (file_name, file_name.rsplit(".", 1)[0]):
+                if text.lower() not in names:
+                    names.append(text.lower())
+    return tuple(names)
+
+
+@functools.lru_cache(maxsize=1)
+def _published_names() -> Mapping[str, tuple[str, ...]]:
+    """Published file name or stem -> the registry names that file is. A stem two sources
+    share (``mscan_t``: the official ``.pth`` and JSeg's ``.pkl``) maps to both; with its
+    suffix each is one artifact."""
+    index: dict[str, list[str]] = {}
+    for artifact in list_artifacts():
+        for text in published_file_names(artifact):
+            if text.rsplit(".", 1)[0] not in _GENERIC_STEMS:  # "model.pdparams" names no artifact
+                index.setdefault(text, []).append(artifact.name)
+    return types.MappingProxyType({k: tuple(v) for k, v in index.items()})
+
+
+def get_artifact(name: str) -> Artifact:
+    """Resolve a registry name (case and ``_``/``-`` insensitive), a published file name or
+    stem (:func:`published_file_names`: every file resolves to its own artifact, e.g.
+    ``mscan_b_20230227-3ab7d230`` is the ImageNet backbone ``mscan-b-in1k``, not the ADE20K
+    segmentor), or an alias (the paper's, the official repo's and MMSeg's spellings, see
+    :func:`alias_candidates`). A registry name wins over a stem that merely normalises to it
+    (``mscan_t`` is ``mscan-t``; ``mscan_t.pkl`` is JSeg's ImageNet file).
+
+    Args:
+        name: what the user typed.
+
+    Returns:
+        The registry entry.
+
+    Raises:
+        BadInputError: an unknown name, with up to three close matches (most misses are a
+            missing suffix: ``mscan-t-ade20k`` for ``...-official``), or an ambiguous one,
+            listing the artifacts it may mean.
     """
     if not isinstance(name, str):
         raise BadInputError(f"artifact name must be a string, got {type(name).__name__}")
@@ -407,6 +474,13 @@ def get_artifact(name: str) -> Artifact:
     key = _normalise_name(name)
     if key in registry:
         return registry[key]
+    published = _published_names().get(name.strip().lower(), ())
+    if len(published) == 1:
+        return registry[published[0]]
+    if published:
+        choices = " or ".join(f"{n} ({_url_file_name(registry[n]) or registry[n].filename})" for n in published)
+        raise BadInputError(f"{name.strip()!r} is the published file of several artifacts: did you mean "
+                            f"{choices}? (give the file name with its suffix, or the registry name)")
     candidates = alias_candidates(name, registry)
     if len(candidates) == 1:
         return candidates[0]

@@ -34,6 +34,7 @@ from ..errors import BadInputError
 from ..images import MAX_PIXELS, check_size, read_rgb
 from ..models.preprocessing import ResizedImage, resize_for_test
 from ..progress import progress_bar
+from ..training.data import IMAGE_SUFFIXES, LABEL_SUFFIX
 from .distributed import all_sum, current_world, raise_if_any_failed, shard
 from .metrics import IGNORE_INDEX, IoUAccumulator, two_places
 from .seeds import recorded_seed
@@ -41,6 +42,7 @@ from .tta import REFERENCES, TTA_RATIOS, predict_tta
 
 PathLike = Union[str, "os.PathLike[str]"]
 RNG_MODES = ("image", "sequential")
+FOLDER = "folder"  # images/ + labels/, classes from the model
 
 
 # --------------------------------------------------------------------------- datasets
@@ -71,6 +73,10 @@ DATASET_LAYOUTS: dict[str, Layout] = {
     "cityscapes": Layout("cityscapes", "cityscapes", "leftImg8bit/val", "gtFine/val",
                          "_leftImg8bit.png", "_gtFine_labelTrainIds.png", False, "slide",
                          (2048, 1024), (1024, 1024), (768, 768)),
+    # The layout fine-tuning reads (training.data.SegmentationFolder): images/ + labels/ with
+    # matching stems, any image suffix, PNG class indices (255 ignored), the model's classes.
+    FOLDER: Layout(FOLDER, "", "images", "labels", "", LABEL_SUFFIX, False, "whole",
+                   (2048, 512), (512, 512), (341, 341)),
 }
 
 
@@ -89,7 +95,9 @@ def find_dataset(data_dir: PathLike, dataset: Optional[str] = None) -> tuple[Lay
     base = Path(data_dir)
     if not base.is_dir():
         raise BadInputError(f"data directory {base} does not exist")
-    if dataset is not None:
+    if dataset == FOLDER:
+        candidates = [DATASET_LAYOUTS[FOLDER]]
+    elif dataset is not None:
         key = get_dataset(dataset).name
         if key not in DATASET_LAYOUTS:
             raise BadInputError(f"evaluation supports the {' and '.join(DATASET_LAYOUTS)} layouts, not {key}")
@@ -123,13 +131,15 @@ def list_samples(layout: Layout, root: Path) -> list[Sample]:
     """
     image_dir, label_dir = root / layout.image_dir, root / layout.label_dir
     # By path string, as MMSeg sorts (Path order differs when a name contains "-" or ".").
-    images = sorted((p for p in image_dir.rglob(f"*{layout.image_suffix}") if p.is_file()), key=str)
+    suffixes = (layout.image_suffix,) if layout.image_suffix else IMAGE_SUFFIXES
+    lowered = tuple(x.lower() for x in suffixes)
+    images = sorted((p for p in image_dir.rglob("*") if p.name.lower().endswith(lowered) and p.is_file()), key=str)
     if not images:
-        raise BadInputError(f"no *{layout.image_suffix} images under {image_dir}")
+        raise BadInputError(f"no {' '.join('*' + x for x in suffixes)} images under {image_dir}")
     samples, missing = [], []
     for image in images:
         rel = image.relative_to(image_dir)
-        stem = rel.name[: -len(layout.image_suffix)]
+        stem = rel.name[: -len(layout.image_suffix)] if layout.image_suffix else rel.stem
         label = label_dir / rel.parent / f"{stem}{layout.label_suffix}"
         (samples if label.is_file() else missing).append(Sample(image, label))
     if missing:
@@ -248,11 +258,12 @@ def iter_samples(data_dir: PathLike, dataset: Optional[str] = None,
     return layout, root, samples
 
 
-def _class_names(model: Any, dataset: str) -> tuple[str, ...]:
+def _class_names(model: Any, dataset: Optional[str]) -> tuple[str, ...]:
     """The names the model's own record gives its classes (a relabelled label space), else
     the dataset's."""
     config = getattr(model, "segnext_config", None)  # any model with predict() is evaluated
-    return label_space(int(model.num_classes), dataset, config.classes if config else None).classes
+    return label_space(int(model.num_classes), dataset if dataset else (config.dataset if config else None),
+                       config.classes if config else None).classes
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -322,7 +333,9 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate ``model`` (a :class:`SegNeXt` or anything with its ``predict``) on ``data_dir``.
 
-    ``dataset`` None picks the layout found in ``data_dir``. ``mode``/``scale``/``crop_size``/
+    ``dataset`` None picks the layout found in ``data_dir``: ADE20K's, Cityscapes', or
+    ``images/ + labels/`` (``"folder"``, the layout fine-tuning reads: any image suffix,
+    PNG class indices below the model's class count, 255 ignored, the model's own classes). ``mode``/``scale``/``crop_size``/
     ``stride`` default to the dataset's test settings (ADE20K: whole, (2048, 512);
     Cityscapes: slide 1024x1024 every 768 after a (2048, 1024) resize). ``aug_test`` runs
     :func:`segnext_hub.tasks.tta.predict_tta` (multi-scale + flip; ``aug_reference`` says what
@@ -337,9 +350,9 @@ def evaluate(
     ``progress`` None shows a bar on a terminal only (rank 0 only, counting all ranks).
     """
     layout, root, samples = iter_samples(data_dir, dataset, limit)
-    info = get_dataset(layout.name)
     num_classes = int(model.num_classes)
-    if num_classes != info.num_classes:
+    info = None if layout.name == FOLDER else get_dataset(layout.name)
+    if info is not None and num_classes != info.num_classes:
         raise BadInputError(f"the model predicts {num_classes} classes but {info.name} has {info.num_classes} classes")
     mode = layout.mode if mode is None else mode
     if mode not in ("whole", "slide"):
@@ -407,7 +420,7 @@ def evaluate(
     return EvalResult(
         dataset=layout.name, data_root=str(root), num_images=acc.count,
         aAcc=summary["aAcc"], mIoU=summary["mIoU"], mAcc=summary["mAcc"],
-        classes=list(_class_names(model, info.name)), iou=[two_places(v) for v in iou], acc=[two_places(v) for v in class_acc],
+        classes=list(_class_names(model, info.name if info else None)), iou=[two_places(v) for v in iou], acc=[two_places(v) for v in class_acc],
         areas={k: [int(x) for x in v] for k, v in acc.exact.items()},
         settings=settings, seconds=round(time.perf_counter() - start, 3),
     )

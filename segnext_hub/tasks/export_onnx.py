@@ -136,6 +136,7 @@ def export_onnx(
     tolerance: float = DEFAULT_TOLERANCE,
     check_seed: int = 0,
     force: bool = False,
+    progress: Optional[bool] = None,
 ) -> ExportReport:
     """Export ``model`` to ``out_path`` and (``check=True``) prove onnxruntime computes the same.
 
@@ -151,8 +152,12 @@ def export_onnx(
     onnxruntime and fails with :class:`VerificationError` when the largest absolute
     logit difference exceeds ``tolerance``; the file is then not written, because a
     graph that computes something else is worse than none. The model is copied, so the
-    caller's module (device, mode) is untouched.
+    caller's module (device, mode) is untouched. ``progress`` None shows the steps (export,
+    each check, write) as a bar on a terminal only; every step is also a log line, since an
+    export takes about a minute on a CPU.
     """
+    from ..progress import progress_bar
+
     out = Path(out_path)
     height, width = _check_args(out, size, bases, exporter, tolerance, force)
     net = copy.deepcopy(model).float().cpu().eval()
@@ -163,8 +168,11 @@ def export_onnx(
     # Trace with batch 2 for dynamic graphs: torch.export specialises a size-1 dimension.
     trace_batch = 2 if dynamic else 1
     example = _example_inputs(net, (trace_batch, 3, height, width), bases, check_seed)
-    with tempfile.TemporaryDirectory(prefix=".onnx-export-", dir=out.parent) as tmp:
+    shapes = [(1, 3, height, width)] + ([(2, 3, height + 32, width + 64)] if dynamic else [])
+    bar = progress_bar(1 + (len(shapes) if check else 0) + 1, "export", progress, unit="step")
+    with bar, tempfile.TemporaryDirectory(prefix=".onnx-export-", dir=out.parent) as tmp:
         tmp_file = Path(tmp) / "model.onnx"
+        _step(bar, f"tracing {height}x{width} with the {exporter} exporter")
         used, fallback = _export_with(exporter, wrapper, example, tmp_file, bases=bases, dynamic=dynamic, opset=opset)
         graph_inputs, graph_outputs, found_opset = _inspect_graph(tmp_file)
         report = ExportReport(
@@ -174,10 +182,8 @@ def export_onnx(
             exporter=used, checked=check, tolerance=tolerance, fallback_reason=fallback,
         )
         if check:
-            shapes = [(1, 3, height, width)]
-            if dynamic:
-                shapes.append((2, 3, height + 32, width + 64))
             for i, shape in enumerate(shapes):
+                _step(bar, f"checking onnxruntime against PyTorch at {'x'.join(map(str, shape))}")
                 inputs = _example_inputs(net, shape, bases, check_seed + i)
                 diff = _compare(tmp_file, net, inputs, stored)
                 report.checks.append({"shape": list(shape), "max_abs_diff": diff})
@@ -187,11 +193,19 @@ def export_onnx(
                     f"onnxruntime differs from PyTorch by {report.max_abs_diff:.3g} "
                     f"(tolerance {tolerance:g}); {out} was not written"
                 )
+        _step(bar, f"writing {out}")
         with atomic_writer(out, force=force) as handle, open(tmp_file, "rb") as src:
             shutil.copyfileobj(src, handle, 1 << 20)
     report.sha256 = sha256_file(out)
     report.size_bytes = out.stat().st_size
     return report
+
+
+def _step(bar: Any, what: str) -> None:
+    """One export step: a log line, and the bar (when shown) moves on and names it."""
+    logging.getLogger(__name__).info("export: %s", what)
+    bar.set_description(f"export: {what}")
+    bar.update()  # counts steps begun: the bar reads "step k of n" while step k runs
 
 
 def _check_args(out: Path, size: Any, bases: str, exporter: str, tolerance: float,

@@ -175,7 +175,9 @@ def predict_files(
     """Predict each image and write ``<stem>_classes.png``, ``_color.png``, ``_overlay.png``,
     and one ``legend.json`` naming each class index and its colour.
 
-    Every input gets outputs of its own (:func:`output_stems`: ``twin.jpg`` and ``twin.png``
+    ``images`` may name folders: every image under one is predicted, its outputs in the
+    same relative subfolders of ``out_dir`` (:func:`expand_images`). Every input gets
+    outputs of its own (:func:`output_stems`: ``twin.jpg`` and ``twin.png``
     give ``twin_jpg_*`` and ``twin_png_*``). Every header is checked before the first
     forward, so a bad file or one over the pixel limit stops the run before anything is
     written; an image that fails later leaves no file of its own. ``out_dir`` is created
@@ -184,7 +186,7 @@ def predict_files(
 
     Args:
         model: a segmentor from :func:`segnext_hub.load`.
-        images: image files.
+        images: image files and folders.
         out_dir: the output folder (created if needed).
         mode: whole | slide (default: the weights' test mode).
         seed: every image draws its bases from a generator seeded with ``seed`` (what
@@ -202,18 +204,21 @@ def predict_files(
         One dict of written paths (``classes``/``color``/``overlay``) per predicted image.
 
     Raises:
-        BadInputError: a backbone-only model, a missing image, or (without ``skipped``) an
+        BadInputError: a backbone-only model, a missing image, a folder without images, or
+            (without ``skipped``) an
             unreadable one or one over the pixel limit.
     """
     if not hasattr(model, "predict_resized"):
         raise BadInputError("predict needs a segmentor; this artifact is a backbone only")
-    paths = [Path(p) for p in images]
-    for path in paths:
-        if not path.is_file():
-            raise BadInputError(f"image {path} does not exist")
-    stems = dict(zip(paths, output_stems(paths)))
-    readable = _check_headers(paths, max_pixels, skipped)
     out = Path(out_dir)
+    found = expand_images(images, out)
+    paths = [path for path, _ in found]
+    subdirs = dict(found)
+    stems: dict[Path, str] = {}
+    for sub in dict.fromkeys(subdirs.values()):  # outputs are unique within each output folder
+        group = [path for path in paths if subdirs[path] == sub]
+        stems.update(zip(group, output_stems(group)))
+    readable = _check_headers(paths, max_pixels, skipped)
     created = not out.exists()
     space = model_label_space(model)
     palette = space.palette_array()
@@ -224,7 +229,7 @@ def predict_files(
                                                     batch_size=batch_size, workers=workers, max_pixels=max_pixels,
                                                     skipped=skipped):
                 out.mkdir(parents=True, exist_ok=True)
-                written.append(save_outputs(rgb, pred.mask.numpy(), palette, out, stems[path]))
+                written.append(save_outputs(rgb, pred.mask.numpy(), palette, out / subdirs[path], stems[path]))
                 if len(written) == 1:
                     write_legend(space, out)
                 bar.update(1)
@@ -233,6 +238,44 @@ def predict_files(
             out.rmdir()
         raise
     return written
+
+
+def expand_images(images: Sequence[Union[str, os.PathLike]], out_dir: Union[str, os.PathLike, None] = None
+                  ) -> list[tuple[Path, Path]]:
+    """Image files and folders -> (image, output subfolder) pairs.
+
+    A folder contributes every image under it, recursively (sorted; suffixes
+    ``IMAGE_SUFFIXES``, case-insensitive), and its outputs mirror the relative paths:
+    ``photos/a/b.jpg`` given as ``photos`` writes ``OUT/a/b_color.png``. A file given by
+    itself writes into ``OUT``. Files under ``out_dir`` (an earlier run's outputs inside the
+    input folder) are skipped.
+
+    Args:
+        images: files and folders, as given on the command line.
+        out_dir: the output folder, whose contents are never inputs.
+
+    Returns:
+        One pair per image, in argument order, each folder's images sorted by path.
+
+    Raises:
+        BadInputError: a path that does not exist, or a folder without images.
+    """
+    from ..training.data import IMAGE_SUFFIXES
+
+    skip = Path(out_dir).resolve() if out_dir is not None else None
+    found: list[tuple[Path, Path]] = []
+    for given in (Path(p) for p in images):
+        if given.is_dir():
+            inside = sorted((p for p in given.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                             and not (skip is not None and skip in p.resolve().parents)), key=str)
+            if not inside:
+                raise BadInputError(f"folder {given} holds no images ({' '.join(IMAGE_SUFFIXES)})")
+            found.extend((p, p.parent.relative_to(given)) for p in inside)
+        elif given.is_file():
+            found.append((given, Path()))
+        else:
+            raise BadInputError(f"image {given} does not exist")
+    return found
 
 
 def _check_headers(paths: Sequence[Path], max_pixels: Optional[int],

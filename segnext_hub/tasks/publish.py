@@ -81,8 +81,9 @@ def _stage_registry(name: str, staging: Path) -> _Staged:
                             f"run: segnext-hub pull --force {result.name}")
     shutil.copyfile(result.path / CONFIG_FILE, staging / CONFIG_FILE)
     config = read_config(staging / CONFIG_FILE)
-    return _Staged(config, get_artifact(result.name), result.manifest,
-                   result.manifest.get("conversion") or {}, model_sha)
+    # make demo's loopback cache holds random weights under a registry name: no published claims.
+    artifact = None if result.manifest.get("random_weights") else get_artifact(result.name)
+    return _Staged(config, artifact, result.manifest, result.manifest.get("conversion") or {}, model_sha)
 
 
 def _stage_file(path: Path, staging: Path) -> _Staged:
@@ -260,7 +261,10 @@ def _fmt(value: Optional[float], digits: int = 2) -> str:
     return f"{value:.{digits}f}" if value is not None else "not reported"
 
 
-def _metrics_section(artifact: Any) -> list[str]:
+def _metrics_section(artifact: Any, random_weights: Optional[str] = None) -> list[str]:
+    if random_weights:
+        return ["## Results", "", f"None: these weights are RANDOM ({random_weights}). Do not use them "
+                "for anything but testing the pipeline.", ""]
     if artifact is None:
         return ["## Results", "",
                 "No published results are attached to this file: it did not come from the segnext-hub "
@@ -392,7 +396,10 @@ def model_card(config: ArtifactConfig, repo_id: str, *, artifact: Any = None,
         title += f" (`{artifact.name}`)"
     intro = ["", "SegNeXt weights with MMSegmentation 1.x parameter names, for "
                  "[segnext-hub](https://pypi.org/project/segnext-hub/) (plain PyTorch; no mmcv/mmseg needed).", ""]
-    body = ([title] + intro + _usage_section(config, repo_id) + _metrics_section(artifact)
+    random_weights = (manifest or {}).get("random_weights")
+    if random_weights:
+        title += " (RANDOM WEIGHTS)"
+    body = ([title] + intro + _usage_section(config, repo_id) + _metrics_section(artifact, random_weights)
             + _md_r_section(config, artifact, repo_id) + _seed_section(config)
             + _provenance_section(config, artifact, manifest or {}, conversion or {}, model_sha256)
             + _license_section(licence)

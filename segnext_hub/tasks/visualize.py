@@ -9,7 +9,7 @@ from typing import Any, Union
 import numpy as np
 
 from ..errors import BadInputError
-from ..fileio import atomic_writer
+from ..fileio import atomic_writer, make_dirs
 
 PathLike = Union[str, "os.PathLike[str]"]
 # Class-index PNGs are 8-bit while every class fits below the ignore value 255.
@@ -94,14 +94,15 @@ def save_outputs(image: Any, mask: Any, palette: Any, out_dir: PathLike, stem: s
                  alpha: float = 0.5) -> dict[str, Path]:
     """Write ``<stem>_classes.png``, ``<stem>_color.png`` and ``<stem>_overlay.png``.
 
-    All three are encoded before the first is written, each file is written atomically
-    and replaces an existing one, and a failed write removes the ones this call wrote: an
-    image gets its three files or none, never a truncated PNG. Returns the paths by kind
+    ``out_dir`` is created when missing. All three are encoded before the first is
+    written, each file is written atomically and replaces an existing one, and a failed
+    write removes the ones this call wrote: an image gets its three files or none, never a
+    truncated PNG. Returns the paths by kind
     (``classes``/``color``/``overlay``).
     """
     out = Path(out_dir)
-    if not out.is_dir():
-        raise BadInputError(f"output directory {out} does not exist")
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"output directory {out} exists and is not a folder")
     pal = _check_palette(palette)
     idx = class_index_array(mask, len(pal))
     img = _to_numpy(image)
@@ -110,6 +111,7 @@ def save_outputs(image: Any, mask: Any, palette: Any, out_dir: PathLike, stem: s
     color = colorize(idx, pal)
     arrays = {"classes": idx, "color": color, "overlay": overlay(img, color, alpha)}
     encoded = {kind: _png_bytes(array) for kind, array in arrays.items()}
+    make_dirs(out)  # created with its parents, like predict's -o folder; a clear line when it cannot be
     paths: dict[str, Path] = {}
     try:
         for kind, data in encoded.items():

@@ -190,10 +190,33 @@ def read_label(path: Path) -> np.ndarray:
     return label
 
 
+def find_training_root(root: Union[str, Path], split: str = "training") -> Path:
+    """The dataset root under ``root``, as ``segnext-hub eval`` finds it: ``root`` itself
+    when it holds ``images/ + labels/`` or ADE20K's ``annotations/<split>``, else the one
+    subfolder that does (``data/`` holding ``ADEChallengeData2016/``).
+
+    Raises:
+        BadInputError: ``root`` is missing, or several subfolders hold a dataset.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise BadInputError(f"data directory {root} does not exist")
+
+    def holds(folder: Path) -> bool:
+        return (folder / "annotations" / split).is_dir() or (folder / "labels").is_dir()
+
+    if holds(root):
+        return root
+    inside = sorted(p for p in root.iterdir() if p.is_dir() and holds(p))
+    if len(inside) > 1:
+        raise BadInputError(f"several datasets under {root} ({', '.join(p.name for p in inside)}); pass one of them")
+    return inside[0] if inside else root  # none: the caller's message names what is expected
+
+
 class SegmentationFolder(Dataset):
     """Image/label pairs in a folder, yielding training samples through :class:`TrainTransform`.
 
-    Two layouts:
+    Two layouts (in ``root`` or the one subfolder of it that holds one, as ``eval`` reads):
 
     * ADE20K's: ``root/images/<split>/*.jpg`` and ``root/annotations/<split>/*.png``; the
       classes default to ADE20K's 150 and ``reduce_zero_label`` to True.
@@ -207,7 +230,8 @@ class SegmentationFolder(Dataset):
     def __init__(self, root: Union[str, Path], classes: Optional[ClassList] = None, *, split: str = "training",
                  transform: Optional[TrainTransform] = None, seed: int = 0,
                  reduce_zero_label: Optional[bool] = None) -> None:
-        root = Path(root)
+        root = find_training_root(root, split)
+        self.root = root
         palette = None
         if (root / "annotations" / split).is_dir():
             images_dir, labels_dir = root / "images" / split, root / "annotations" / split
@@ -251,20 +275,41 @@ class SegmentationFolder(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The decoded image and its label (zero-reduced if the dataset says so), checked."""
-        image, label = read_image(self.images[index]), read_label(self.labels[index])
-        if label.shape != image.shape[:2]:
-            raise BadInputError(f"label {self.labels[index]} is {label.shape[1]}x{label.shape[0]} but its image "
-                                f"{self.images[index]} is {image.shape[1]}x{image.shape[0]}")
+    def check_labels(self, progress: Optional[bool] = None) -> None:
+        """Read every label once and refuse the first value outside the classes, before any
+        training starts (otherwise it shows only when that image is sampled, hours in).
+
+        Args:
+            progress: a bar on stderr; None shows it on a terminal only.
+
+        Raises:
+            BadInputError: a label that cannot be read, is not single-channel, or holds a
+                value that is neither a class index nor 255 (the message names the file).
+        """
+        from ..progress import progress_bar
+
+        with progress_bar(len(self.labels), "checking labels", progress, unit="label") as bar:
+            for path in self.labels:
+                self._check_values(read_label(path), path)
+                bar.update()
+
+    def _check_values(self, label: np.ndarray, path: Path) -> np.ndarray:
         if self.reduce_zero_label:
             label = reduce_zero_label(label)
         wrong = label[(label >= self.num_classes) & (label != IGNORE_INDEX)]
         if wrong.size:
             value = int(wrong[0]) + (1 if self.reduce_zero_label else 0)
             valid = f"1..{self.num_classes} (0 is ignored)" if self.reduce_zero_label else f"0..{self.num_classes - 1}"
-            raise BadInputError(f"label {self.labels[index]} holds value {value}; expected {valid} or 255 (ignored)")
-        return image, label
+            raise BadInputError(f"label {path} holds value {value}; expected {valid} or 255 (ignored)")
+        return label
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The decoded image and its label (zero-reduced if the dataset says so), checked."""
+        image, label = read_image(self.images[index]), read_label(self.labels[index])
+        if label.shape != image.shape[:2]:
+            raise BadInputError(f"label {self.labels[index]} is {label.shape[1]}x{label.shape[0]} but its image "
+                                f"{self.images[index]} is {image.shape[1]}x{image.shape[0]}")
+        return image, self._check_values(label, self.labels[index])
 
     def __getitem__(self, key: SampleKey) -> tuple[Tensor, Tensor]:
         index, draw = key if isinstance(key, tuple) else (key, key)

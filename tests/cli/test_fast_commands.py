@@ -112,7 +112,7 @@ def test_list_prints_every_artifact_with_its_parameter_count_without_torch(entry
     (["info", "mscan-t-ade20k"], 2, "did you mean"),
     (["path", "mscan-t"], 2, "mscan-t is not cached; run: segnext-hub pull mscan-t"),
     (["rm", "mscan-t"], 0, None),
-    (["verify", "mscan-t"], 1, "not cached"),
+    (["verify", "mscan-t"], 2, "mscan-t is not cached; run: segnext-hub pull mscan-t"),  # as `path`
     (["pull", "mscan-t"], 2, "SEGNEXT_HUB_OFFLINE"),
     (["log", "mscan-t"], 2, "SEGNEXT_HUB_OFFLINE"),
 ])

@@ -62,6 +62,41 @@ def test_demo_runs_the_loopback_pipeline(tmp_path):
     for kind in ("classes", "color", "overlay"):
         assert (tmp_path / f"rocket_{kind}.png").is_file()
     assert (tmp_path / "loopback-cache" / "mscan-t" / "manifest.json").is_file()
+    # Issue 20: the hash-prefix warning is announced on stdout and its stderr line labelled.
+    assert "expect one warning below" in proc.stdout and "05bd8466" in proc.stdout
+    lines = proc.stderr.splitlines()
+    assert lines and all(line.startswith("[loopback, random weights] warning: ") for line in lines), proc.stderr
+    # The demo cache is marked as random weights: info says so, an exported card claims no mIoU.
+    env["SEGNEXT_HUB_CACHE"] = str(tmp_path / "loopback-cache")
+    env["SEGNEXT_HUB_OFFLINE"] = "1"
+    info = subprocess.run([sys.executable, "-m", "segnext_hub.cli.hub", "info", "mscan-t"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert info.returncode == 0 and "RANDOM" in info.stdout, info.stderr
+    from segnext_hub.tasks.publish import model_card
+    from segnext_hub.hub.config import read_config
+    import json as _json
+
+    folder = tmp_path / "loopback-cache" / "mscan-t"
+    manifest = _json.loads((folder / "manifest.json").read_text())
+    card = model_card(read_config(folder / "config.json"), "me/demo", artifact=None, manifest=manifest)
+    assert "RANDOM" in card and "41.50" not in card
+
+
+def test_ctrl_c_in_the_demo_is_one_line(tmp_path):
+    """Issue 20: Ctrl-C printed a 60-line traceback."""
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGNEXT_HUB_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.Popen([sys.executable, "-m", "segnext_hub.tasks.demo", "--out", str(tmp_path), "--loopback"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc.stdout.readline()  # the first line: the demo is running
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("interrupted; run make demo again"), err
 
 
 def test_eval_cli_json_and_training_seed_default(mirror, tmp_path):
@@ -126,3 +161,39 @@ def test_predict_fast_agrees_with_exact(mirror, tmp_path):
     exact = np.array(Image.open(tmp_path / "exact" / "p_classes.png"))
     fast = np.array(Image.open(tmp_path / "fast" / "p_classes.png"))
     assert (exact == fast).mean() >= 0.999
+
+
+def _folder_dataset(root, rng, num_classes=150):
+    """images/ + labels/ (the layout fine-tuning reads), one image in a subfolder, mixed suffixes."""
+    for rel, suffix in (("a", ".jpg"), ("sub/b", ".png")):
+        (root / "images" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / "labels" / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)).save(root / "images" / f"{rel}{suffix}")
+        Image.fromarray(rng.integers(0, num_classes, (40, 52), dtype=np.uint8)).save(root / "labels" / f"{rel}.png")
+
+
+def test_eval_reads_the_images_labels_layout_with_the_models_classes(mirror, tmp_path):
+    """Issue 20 point 5: eval refused the layout fine-tuning uses."""
+    _folder_dataset(tmp_path / "mine", np.random.default_rng(1))
+    mirror.serve("mscan-t")
+    code, out, err = cli("eval", "mscan-t", tmp_path / "mine", "--json", "-q")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["dataset"] == "folder" and result["num_images"] == 2 and len(result["per_class"]) == 150
+    code, out, err = cli("eval", "mscan-t", tmp_path, "--json", "-q")  # the folder above it, as for ADE20K
+    assert code == 0 and json.loads(out)["num_images"] == 2, err
+
+
+def test_predict_takes_folders_recursively_and_mirrors_relative_paths(mirror, tmp_path):
+    """Issue 20 point 5: predict did not take a folder."""
+    _folder_dataset(tmp_path / "mine", np.random.default_rng(2))
+    mirror.serve("mscan-t")
+    out = tmp_path / "mine" / "images" / "out"  # inside the input: never read back as input
+    code, stdout, err = cli("predict", "mscan-t", tmp_path / "mine" / "images", "-o", out, "-q")
+    assert code == 0, err
+    assert stdout.split() == [str(out / "a_color.png"), str(out / "sub" / "b_color.png")]
+    code, stdout, err = cli("predict", "mscan-t", tmp_path / "mine" / "images", "-o", out, "-q")
+    assert code == 0 and len(stdout.split()) == 2
+    (tmp_path / "empty").mkdir()
+    code, _, err = cli("predict", "mscan-t", tmp_path / "empty", "-o", out, "-q")
+    assert code == 2 and "holds no images" in err and err.count("\n") == 1

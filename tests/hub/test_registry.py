@@ -146,8 +146,11 @@ def test_paddle_entries_carry_their_head_width_and_licence():
         assert seg.log_url == seg.url.replace("model.pdparams", "train.log")
         assert "Apache-2.0" in seg.license and seg.sha256 is None
     assert get_artifact("segnext-b-cityscapes-paddle").name == "mscan-b-cityscapes-paddle"
+    # PaddleSeg's own file name is its artifact (issue 20: every published file resolves to itself);
+    # a spelling that names no source still lists every source.
+    assert get_artifact("mscan_l_imagenet_pretrained.zip").name == "mscan-l-in1k-paddle"
     with pytest.raises(BadInputError, match="mscan-l-in1k-official, mscan-l-in1k-jittor, mscan-l-in1k-paddle"):
-        get_artifact("mscan_l_imagenet_pretrained.zip")  # PaddleSeg's file name names no source
+        get_artifact("mscan_l_imagenet")
 
 
 @pytest.mark.parametrize("name", ["MSCAN-T", " mscan_t_ade20k_official "])

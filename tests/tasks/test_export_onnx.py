@@ -123,3 +123,21 @@ def test_argument_errors_write_nothing(model, tmp_path):
     with pytest.raises(BadInputError, match=".onnx"):
         ex.export_onnx(model, tmp_path / "y.bin", size=(64, 64))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.onnx"]
+
+
+def test_export_reports_its_steps(model, tmp_path, caplog):
+    """Issue 20: a minute-long export was silent. Each step is a log line and, when shown, a bar."""
+    import io
+    import logging
+    import sys
+
+    err = io.StringIO()
+    caplog.set_level(logging.INFO, logger="segnext_hub.tasks.export_onnx")
+    old, sys.stderr = sys.stderr, err
+    try:
+        ex.export_onnx(model, tmp_path / "t.onnx", size=(64, 64), exporter=FAST, progress=True)
+    finally:
+        sys.stderr = old
+    steps = [r.getMessage() for r in caplog.records if r.name == "segnext_hub.tasks.export_onnx"]
+    assert [s.split(" ")[1] for s in steps] == ["tracing", "checking", "writing"], steps
+    assert "export: writing" in err.getvalue() and "3/3" in err.getvalue()

@@ -107,10 +107,19 @@ def test_many_classes_use_16_bit_pngs(tmp_path):
 
 def test_save_outputs_rejects_bad_input(tmp_path):
     pal = palettes.get_palette("cityscapes")
-    with pytest.raises(BadInputError, match="does not exist"):
-        save_outputs(np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), int), pal, tmp_path / "missing", "x")
+    blocker = tmp_path.parent / f"{tmp_path.name}-a-file"
+    blocker.write_text("x")
+    with pytest.raises(BadInputError, match="exists and is not a folder"):
+        save_outputs(np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), int), pal, blocker, "x")
     with pytest.raises(BadInputError, match="does not match"):
         save_outputs(np.zeros((3, 2, 3), np.uint8), np.zeros((2, 2), int), pal, tmp_path, "x")
     with pytest.raises(BadInputError, match="fit"):
         save_outputs(np.zeros((2, 2, 3), np.uint8), np.full((2, 2), 300), pal, tmp_path, "x")
     assert not list(tmp_path.iterdir())
+
+
+def test_save_outputs_creates_its_folder(tmp_path):
+    """Issue 20: save_outputs needed an existing folder; now it makes it (with parents)."""
+    pal = palettes.get_palette("cityscapes")
+    paths = save_outputs(np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), int), pal, tmp_path / "new" / "deep", "x")
+    assert paths["color"] == tmp_path / "new" / "deep" / "x_color.png" and paths["color"].is_file()

@@ -168,7 +168,49 @@ def test_bad_label_found_by_a_dataloader_worker_is_one_line(finetune, dataset: P
             (broken / folder / path.name).write_bytes(path.read_bytes())
     Image.fromarray(np.full((48, 64), 7, np.uint8)).save(broken / "labels" / "2.png")
     (broken / "classes.txt").write_text("\n".join(CLASSES))
-    assert run(finetune, broken, tmp_path / "out", "--workers", "1", "--batch-size", "4", iters=2) == 2
+    assert run(finetune, broken, tmp_path / "out", "--workers", "1", "--batch-size", "4", "--no-label-check",
+               iters=2) == 2
     err = capsys.readouterr().err
     expected = f"label {broken / 'labels' / '2.png'} holds value 7; expected 0..2 or 255 (ignored)"
     assert err == f"finetune.py: error: {expected}\n"
+
+
+def _copy(dataset: Path, target: Path) -> Path:
+    for folder in ("images", "labels"):
+        (target / folder).mkdir(parents=True)
+        for path in (dataset / folder).iterdir():
+            (target / folder / path.name).write_bytes(path.read_bytes())
+    (target / "classes.txt").write_text("\n".join(CLASSES))
+    return target
+
+
+def test_takes_the_folder_above_the_dataset_and_checks_labels_before_training(finetune, dataset: Path,
+                                                                            tmp_path: Path, capsys):
+    """Issue 20: the parent folder eval accepts was refused; a bad label showed only when sampled."""
+    inner = _copy(dataset, tmp_path / "parent" / "mine")
+    Image.fromarray(np.full((48, 64), 9, np.uint8)).save(inner / "labels" / "3.png")
+    out = tmp_path / "out"
+    assert finetune.main([str(tmp_path / "parent"), "--model", "t", "--backbone", "none", "--classes",
+                          str(inner / "classes.txt"), "--iters", "2", "--batch-size", "2", "--crop-size", "64",
+                          "--out", str(out), "--workers", "0", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"dataset {inner} (4 images, 3 classes)" in err
+    assert err.strip().splitlines()[-1] == (f"finetune.py: error: label {inner / 'labels' / '3.png'} holds value 9; "
+                                            "expected 0..2 or 255 (ignored)")
+    assert not (out / "log.jsonl").exists()  # refused before the first iteration
+
+
+def test_reports_lines_without_a_terminal_and_says_what_it_wrote(finetune, dataset: Path, tmp_path: Path, capsys):
+    out = tmp_path / "lines"
+    assert run(finetune, dataset, out, "--log-every", "2", "--save-every", "100", iters=4) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("finetune.py: iteration")]
+    assert [line.split()[2] for line in lines] == ["2/4", "4/4"], captured.err
+    assert f"wrote {out / 'last.safetensors'} (iteration 4)" in captured.out
+
+
+def test_help_shows_the_defaults(finetune, capsys):
+    with pytest.raises(SystemExit):
+        finetune.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 160000)" in text and "(default: 6e-05)" in text and "(default: 50)" in text

@@ -30,9 +30,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
+import sys
+import time
 import warnings
 from dataclasses import dataclass, replace
-from typing import Callable, Optional, Sequence, TYPE_CHECKING, Union
+from typing import Callable, Iterator, Optional, Sequence, TYPE_CHECKING, Union
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +46,8 @@ from ..ham_head import NMF2D, LightHamHead
 from ..mscan import MSCAN, MSCABlock
 from ..predict import SegmentationInference
 from .ops import FusedConv, activate_, nmf_multiplicative
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the config lives above models; models import nothing else from the package
     from ...config import ArtifactConfig
@@ -74,6 +79,11 @@ def fuse(model: nn.Module, *, channels_last: bool = True, autocast_dtype: Option
         raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16, "
                          f"got {autocast_dtype}")
     options = FuseOptions(channels_last, autocast_dtype, cuda_graphs, compile)
+    device = next((t.device for t in model.parameters()), torch.device("cpu"))
+    if cuda_graphs and device.type != "cuda":
+        warnings.warn(f"fuse(cuda_graphs=True): the model is on {device}, and graphs are captured only for "
+                      "CUDA inputs; on this device it runs without them (move the model to CUDA first)",
+                      RuntimeWarning, stacklevel=2)
     # A segmentor is recognised by its parts, so this module never imports the exact model.
     if isinstance(model, MSCAN):
         builder = FusedMSCAN
@@ -468,10 +478,12 @@ def _maybe_compiled(fn: Callable, enabled: bool) -> Callable:
         return fn
     state = {"fn": compiled}
 
+    seen: set = set()
+
     def run(*args: Tensor) -> object:
         if state["fn"] is not fn:
             try:
-                with _inductor_freezing():
+                with _inductor_freezing(), _compile_progress(args, seen):
                     return state["fn"](*args)
             except Exception as err:  # no C++ compiler, unsupported op, ...
                 warnings.warn(f"torch.compile failed ({type(err).__name__}: {err}); running eagerly",
@@ -480,6 +492,31 @@ def _maybe_compiled(fn: Callable, enabled: bool) -> Callable:
         return fn(*args)
 
     return run
+
+
+@contextlib.contextmanager
+def _compile_progress(args: Sequence[Tensor], seen: set) -> Iterator[None]:
+    """The first call per input shape compiles (about a minute on a CPU): say so in a log
+    line, and on a terminal with a bar that closes when it is done."""
+    key = tuple(tuple(t.shape) for t in args if isinstance(t, Tensor))
+    if key in seen:
+        yield
+        return
+    seen.add(key)
+    shape = "x".join(str(d) for d in key[0]) if key else "?"
+    logger.info("torch.compile: compiling the backbone for input %s (first call per shape; "
+                "about a minute on a CPU)", shape)
+    from tqdm import tqdm
+
+    bar = tqdm(total=1, desc=f"torch.compile for {shape} (first call)", file=sys.stderr,
+               disable=not sys.stderr.isatty(), leave=False)
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        bar.update()
+        bar.close()
+        logger.info("torch.compile: input %s ready after %.1f s", shape, time.perf_counter() - started)
 
 
 def _inductor_freezing() -> contextlib.AbstractContextManager:
