@@ -105,3 +105,40 @@ def test_mkdocs_build_strict(tmp_path):
         assert f'id="{target}"' in api, f"the API reference did not render {target}"
     assert "Args:" not in api, "a docstring section was not parsed as Google style"
     shutil.rmtree(site, ignore_errors=True)
+
+
+# The public API and the sections its docstrings must have (the API reference renders them).
+PUBLIC_DOCSTRINGS = {
+    "segnext_hub.load": ("Args:", "Returns:", "Raises:"),
+    "segnext_hub.create_model": ("Args:", "Returns:", "Raises:"),
+    "segnext_hub.list_models": ("Returns:",),
+    "segnext_hub.pull": ("Args:", "Returns:", "Raises:"),
+    "segnext_hub.convert": ("Args:", "Returns:", "Raises:"),
+    "segnext_hub.SegNeXt": ("Args:",),
+    "segnext_hub.SegNeXt.forward": ("Args:", "Returns:", "Raises:"),
+    "segnext_hub.SegNeXt.loss": ("Args:", "Returns:"),
+    "segnext_hub.SegNeXt.predict": ("Args:", "Returns:", "Raises:"),
+    "segnext_hub.SegNeXt.fuse": ("Args:", "Returns:"),
+    "segnext_hub.config.ArtifactConfig": ("Attributes:",),
+    "segnext_hub.tasks.evaluate.evaluate": ("Args:", "Returns:", "Raises:"),
+    "segnext_hub.tasks.inference.predict_files": ("Args:", "Returns:", "Raises:"),
+    "segnext_hub.training.param_groups": ("Args:", "Returns:"),
+    "segnext_hub.training.poly_schedule": ("Args:", "Returns:", "Raises:"),
+    "segnext_hub.training.save_checkpoint": ("Args:", "Returns:", "Raises:"),
+    "segnext_hub.training.resume_checkpoint": ("Args:", "Returns:", "Raises:"),
+    "segnext_hub.training.reduce_zero_label": ("Args:", "Returns:", "Raises:"),
+}
+
+
+@pytest.mark.parametrize("dotted", sorted(PUBLIC_DOCSTRINGS))
+def test_public_api_docstrings_have_google_sections(dotted):
+    import importlib
+    import inspect
+
+    module, _, rest = dotted.partition(".")
+    obj = importlib.import_module(module)
+    for part in rest.split("."):
+        obj = getattr(obj, part) if hasattr(obj, part) else importlib.import_module(f"{obj.__name__}.{part}")
+    doc = inspect.getdoc(obj) or ""
+    missing = [section for section in PUBLIC_DOCSTRINGS[dotted] if f"\n{section}\n" not in f"\n{doc}\n"]
+    assert not missing, f"{dotted}'s docstring lacks {missing}"

@@ -75,11 +75,14 @@ def docs_workspace(tmp_path_factory) -> Path:
 
 
 def _prepare(workspace: Path, dest: Path) -> Path:
+    """A private copy of the workspace: the cache copied (the troubleshooting page damages a
+    cached file in place), the rest hard-linked (every writer replaces files by renaming)."""
     try:
-        shutil.copytree(workspace, dest, copy_function=os.link)  # writes are atomic renames: links are safe
+        shutil.copytree(workspace, dest, copy_function=os.link, ignore=shutil.ignore_patterns("cache"))
     except OSError:
         shutil.rmtree(dest, ignore_errors=True)
-        shutil.copytree(workspace, dest)
+        shutil.copytree(workspace, dest, ignore=shutil.ignore_patterns("cache"))
+    shutil.copytree(workspace / "cache", dest / "cache")
     for entry in REPO_ENTRIES:
         (dest / entry).symlink_to(ROOT / entry)
     return dest

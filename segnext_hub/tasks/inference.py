@@ -120,12 +120,30 @@ def predict_files(
     batch_size: int = 1,
     workers: int = 0,
 ) -> list[dict[str, Path]]:
-    """Predict each image and write ``<stem>_classes.png``, ``_color.png``, ``_overlay.png``,
-    and one ``legend.json`` naming each class index and its colour.
+    """Predict each image file and write its class-index, colour and overlay PNGs.
 
-    ``seed``: every image draws its bases from a generator seeded with ``seed`` (what
-    ``torch.manual_seed(seed)`` before it would give), so a result does not depend on
-    which images came before it. ``batch_size``/``workers``: see :func:`iter_predictions`.
+    What ``segnext-hub predict`` does: ``<stem>_classes.png``, ``<stem>_color.png`` and
+    ``<stem>_overlay.png`` per image, and one ``legend.json`` naming each class index and its
+    colour, with the model's own classes and palette (else the dataset's).
+
+    Args:
+        model: A segmentor (``SegNeXt`` or its fused form).
+        images: Image files.
+        out_dir: Output folder (created if missing).
+        mode: ``"whole"`` or ``"slide"``; None takes the artifact's test settings.
+        seed: Every image draws its bases from a generator seeded with ``seed`` (what
+            ``torch.manual_seed(seed)`` before it would give), so a result does not depend
+            on which images came before it; None uses the global RNG.
+        progress: Show a bar; None shows one on a terminal only.
+        batch_size: Same-size images that share a forward (masks unchanged).
+        workers: DataLoader processes that decode and resize.
+
+    Returns:
+        One dict per image, from output kind (``classes``, ``color``, ``overlay``) to path.
+
+    Raises:
+        BadInputError: A backbone-only model, a missing or unreadable image, a bad
+            ``batch_size``/``workers``.
     """
     if not hasattr(model, "predict_resized"):
         raise BadInputError("predict needs a segmentor; this artifact is a backbone only")
