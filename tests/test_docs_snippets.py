@@ -88,10 +88,27 @@ def _prepare(workspace: Path, dest: Path) -> Path:
     return dest
 
 
+# A block that installs packages must never run: it would change the interpreter running the
+# suite. These stand in for the installers on PATH, and a ``pip`` package ahead of the real one
+# on PYTHONPATH makes ``python -m pip`` refuse too.
+_REFUSE = "#!/bin/sh\necho \"docs test: '$(basename \"$0\")' is not run here; mark the block <!-- no-run: ... -->\" >&2\nexit 97\n"
+_REFUSED = ("pip", "pip3", "make", "apt-get", "conda")
+
+
 def _environment(work: Path) -> dict[str, str]:
+    guard = work / ".guard-bin"
+    guard.mkdir()
+    for name in _REFUSED:
+        (guard / name).write_text(_REFUSE)
+        (guard / name).chmod(0o755)
+    shim = work / ".guard-py" / "pip"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("")
+    (shim / "__main__.py").write_text("import sys\nsys.exit(\"docs test: 'python -m pip' is not run here; "
+                                      "mark the block <!-- no-run: ... -->\")\n")
     env = dict(os.environ)
-    env.update(PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-               PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+    env.update(PYTHONPATH=os.pathsep.join([str(ROOT), str(shim.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+               PATH=os.pathsep.join([str(guard), str(Path(sys.executable).parent), env.get("PATH", "")]),
                SEGNEXT_HUB_CACHE=str(work / "cache"), SEGNEXT_HUB_OFFLINE="1", HF_HUB_OFFLINE="1",
                HF_HOME=str(work / "hf-home"), MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
     env.pop("SEGNEXT_HUB_MIRROR", None)
@@ -117,6 +134,19 @@ def test_code_blocks_run_as_written(doc, docs_workspace, tmp_path, request):
     failed = [line for line in done.stdout.splitlines() if line.startswith("::failed")]
     assert done.returncode == 0 and not failed, f"{failed[0] if failed else 'exit ' + str(done.returncode)}\n" \
                                                 f"{done.stdout[-6000:]}"
+
+
+def test_blocks_cannot_install_packages(tmp_path):
+    """A block left unmarked that calls pip fails instead of changing the suite's interpreter."""
+    work = tmp_path / "work"
+    work.mkdir()
+    env = _environment(work)
+    for command in ("pip install -e .", "pip3 uninstall -y torch", "make demo"):
+        done = subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True)
+        assert done.returncode == 97 and "no-run" in done.stderr, command
+    done = subprocess.run([sys.executable, "-m", "pip", "--version"], cwd=work, env=env,  # harmless if it ran
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and "no-run" in done.stderr
 
 
 def test_blocks_are_found_and_markers_parsed(tmp_path, monkeypatch):
