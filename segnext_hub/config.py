@@ -48,6 +48,14 @@ def _count(name: str, value: Any, limit: int) -> Optional[int]:
     return value
 
 
+def _width(name: str, value: Any) -> Optional[int]:
+    if value is None:
+        return None
+    _check(type(value) is int and 32 <= value <= MAX_MD_R and value % 32 == 0, name, value,
+           f"must be a multiple of 32 in 32..{MAX_MD_R} (the head's GroupNorm has 32 groups)")
+    return value
+
+
 def _text(name: str, value: Any) -> Optional[str]:
     if value is None:
         return None
@@ -105,7 +113,7 @@ def _weights(name: str, value: Any) -> tuple[str, ...]:
 
 
 #: Fields that metadata stores as JSON (numbers, lists); the rest are plain strings.
-_JSON_FIELDS = frozenset({"num_classes", "md_r", "classes", "palette", "training_seed", "resize_scale",
+_JSON_FIELDS = frozenset({"num_classes", "md_r", "ham_channels", "classes", "palette", "training_seed", "resize_scale",
                           "test_crop_size", "test_stride", "new_weights"})
 
 
@@ -146,6 +154,7 @@ class ArtifactConfig:
     num_classes: Optional[int] = None
     md_r: Optional[int] = None
     md_r_source: Optional[str] = None
+    ham_channels: Optional[int] = None  # the decode head's width; None: the variant's
     name: Optional[str] = None
     architecture: str = ARCHITECTURE
     dataset: Optional[str] = None
@@ -174,6 +183,7 @@ class ArtifactConfig:
         checked = {
             "num_classes": _count("num_classes", self.num_classes, MAX_CLASSES),
             "md_r": _count("md_r", self.md_r, MAX_MD_R),
+            "ham_channels": _width("ham_channels", self.ham_channels),
             "classes": _names("classes", self.classes),
             "palette": _palette("palette", self.palette),
             "training_seed": _seed("training_seed", self.training_seed),
@@ -231,7 +241,8 @@ class ArtifactConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}  # later versions may add fields
         if values.get("kind") == "backbone":  # older files wrote explicit nulls; keep them out
-            values = {k: v for k, v in values.items() if k not in ("num_classes", "md_r") or v is not None}
+            values = {k: v for k, v in values.items()
+                      if k not in ("num_classes", "md_r", "ham_channels") or v is not None}
         try:
             return cls(**values)
         except (TypeError, ValueError) as err:
@@ -278,7 +289,7 @@ class ArtifactConfig:
             except ValueError:
                 raise BadInputError(f"{where}: {f.name} {raw[:40]!r} is not readable") from None
         if values.get("kind", "segmentor") == "backbone":
-            for key in ("num_classes", "md_r", "classes", "palette", "dataset"):
+            for key in ("num_classes", "md_r", "ham_channels", "classes", "palette", "dataset"):
                 values.pop(key, None)
         for key in ("classes", "palette"):
             if key in values:

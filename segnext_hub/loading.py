@@ -96,12 +96,14 @@ class _Skeleton:
 
 
 @functools.lru_cache(maxsize=16)
-def _meta_skeleton(variant: str, num_classes: int, md_r: Optional[int], backbone_only: bool) -> _Skeleton:
+def _meta_skeleton(variant: str, num_classes: int, md_r: Optional[int], backbone_only: bool,
+                   ham_channels: Optional[int] = None) -> _Skeleton:
     """Building the module tree costs more than reading the weights (the Python overhead
     of ~900 ``__init__`` calls, ~0.3 s for L); it is built once per (variant, classes,
-    MD_R, kind) on the meta device, and every load stamps out a copy of it."""
+    MD_R, kind, head width) on the meta device, and every load stamps out a copy of it."""
     with torch.device("meta"):
-        template = build_model(variant, num_classes=num_classes, md_r=md_r, backbone_only=backbone_only)
+        template = build_model(variant, num_classes=num_classes, md_r=md_r, backbone_only=backbone_only,
+                               ham_channels=ham_channels)
     return _plan(template)
 
 
@@ -194,7 +196,8 @@ def build_from_config(config: ArtifactConfig, state: dict[str, torch.Tensor], *,
     """An eval-mode model from its config and MMSeg-named tensors; ``md_r`` overrides the config's."""
     backbone_only = config.is_backbone
     rank = md_r if md_r is not None else config.md_r
-    skeleton = _meta_skeleton(config.variant, config.num_classes or 150, rank, backbone_only)
+    width = None if backbone_only else config.ham_channels  # None: the variant's (older configs)
+    skeleton = _meta_skeleton(config.variant, config.num_classes or 150, rank, backbone_only, width)
     check_keys(state, skeleton.expected)
     model = _copy_with_weights(skeleton, _place(state, device, dtype))
     if md_r is not None and not backbone_only:
@@ -317,7 +320,7 @@ def load_file_path(path: Path, **kwargs: Any) -> nn.Module:
 
 def load(name_or_path: Union[str, Path], *, device: Union[str, torch.device] = "cpu",
          dtype: Optional[torch.dtype] = None, md_r: Optional[int] = None, num_classes: Optional[int] = None,
-         progress: Optional[bool] = None, fast: bool = False) -> nn.Module:
+         progress: Optional[bool] = None, fast: bool = False, mmap: bool = True) -> nn.Module:
     """An eval-mode SegNeXt (or MSCAN for backbone artifacts) ready for inference.
 
     One resolver for every source (see docs/cli.md, "Names and paths"), so a script works
@@ -338,6 +341,10 @@ def load(name_or_path: Union[str, Path], *, device: Union[str, torch.device] = "
         progress: Show a download bar; None shows one on a terminal only.
         fast: Return the fused inference-only model (folded norms, fused kernels; equal up to
             rounding, see docs/fast.md).
+        mmap: Map the cached file (the default: no weight is copied). False copies the
+            weights into memory of their own: a mapped model follows a rewrite of its file
+            in place, and truncating the file kills the process with SIGBUS
+            (docs/reliability.md).
 
     Returns:
         The model in eval mode; ``model.segnext_config`` (an ``ArtifactConfig``) says what
@@ -352,6 +359,12 @@ def load(name_or_path: Union[str, Path], *, device: Union[str, torch.device] = "
         VerificationError: A file converted on the fly does not compute what its source does.
     """
     model = _load_exact(name_or_path, device=device, dtype=dtype, md_r=md_r, progress=progress)
+    if not mmap:
+        for module in model.modules():  # own memory: nothing refers to the file any more
+            for table in (module._parameters, module._buffers):
+                for key, tensor in table.items():
+                    if tensor is not None:
+                        tensor.data = tensor.data.clone()
     if num_classes is not None:
         _use_classes(model, num_classes, name_or_path)
     if not fast:
@@ -389,7 +402,7 @@ def _use_classes(model: nn.Module, num_classes: int, source: Union[str, Path]) -
 
 def create_model(variant: Union[str, Variant], *, num_classes: int = 150, md_r: Optional[int] = None,
                  backbone_only: bool = False, pretrained_backbone: Union[str, Path, None] = None,
-                 progress: Optional[bool] = None) -> nn.Module:
+                 progress: Optional[bool] = None, ham_channels: Optional[int] = None) -> nn.Module:
     """A new SegNeXt (or MSCAN), initialised as MMSeg initialises one, in eval mode.
 
     The starting point of training from scratch or from an ImageNet backbone, as MMSeg's
@@ -408,6 +421,8 @@ def create_model(variant: Union[str, Variant], *, num_classes: int = 150, md_r: 
             variant and every backbone tensor is used (a segmentor artifact gives its
             backbone).
         progress: Show a download bar for ``pretrained_backbone``; None: on a terminal only.
+        ham_channels: The decode head's width; None is the variant's (PaddleSeg's configs
+            use 256 for every size).
 
     Returns:
         The model in eval mode. The newly initialised tensors are listed in
@@ -419,11 +434,13 @@ def create_model(variant: Union[str, Variant], *, num_classes: int = 150, md_r: 
         OfflineError: ``pretrained_backbone`` is an uncached name while offline.
     """
     spec = variant if isinstance(variant, Variant) else get_variant(variant)
-    model = build_model(spec, num_classes=_check_num_classes(num_classes), md_r=md_r, backbone_only=backbone_only)
+    model = build_model(spec, num_classes=_check_num_classes(num_classes), md_r=md_r, backbone_only=backbone_only,
+                        ham_channels=ham_channels)
     config = ArtifactConfig(
         variant=spec.name, kind="backbone" if backbone_only else "segmentor",
         num_classes=None if backbone_only else num_classes,
         md_r=None if backbone_only else model.decode_head.md_r,
+        ham_channels=None if backbone_only else model.decode_head.ham_channels,
         md_r_source=None if backbone_only else (
             f"create_model(md_r={md_r})" if md_r is not None else "create_model default (the variant's)"),
         new_weights=tuple(model.state_dict()))

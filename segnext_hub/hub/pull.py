@@ -30,6 +30,7 @@ from ..conversion.log_header import record_from_log  # pure Python: no torch
 from ..conversion.record import Record
 from ..errors import BadInputError, DownloadError, OfflineError, SegnextHubError
 from ..fileio import sha256_file
+from ..models.variants import get_variant  # pure data: no torch
 from .cache import (
     MANIFEST,
     DamagedEntryError,
@@ -44,11 +45,13 @@ from .cache import (
     write_manifest,
 )
 from .config import CONFIG_FILE, MODEL_FILE, with_registry, write_config
+from .netlimits import max_download_bytes
 from .registry import Artifact, get_artifact
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 2  # 2: 'files' records size + sha256 of every file
+LOG_MAX_BYTES = 64 << 20  # a published training log is a few MB; it is read whole
 
 
 @dataclass
@@ -204,12 +207,44 @@ def pull(name: str, *, strict: bool = False, progress: Optional[bool] = None, fo
     with artifact_lock(art.name) as folder:
         if not force and (manifest := _usable(art.name)) is not None:
             return PullResult(art.name, folder, False, manifest, [])  # another process finished it
-        with use_lock(art.name, shared=False):  # no load reads the files while they change
-            if force and not is_offline():  # offline, --force converts the kept download again
-                (folder / "raw" / art.filename).unlink(missing_ok=True)  # before repair would hash it
-            _prepare_repair(art.name, folder)
-        _refuse_offline(art)
-        return _pull_locked(art, folder, strict=strict, progress=progress)
+        first = not any(folder.iterdir())
+        try:
+            with use_lock(art.name, shared=False):  # no load reads the files while they change
+                if force and not is_offline():  # offline, --force converts the kept download again
+                    (folder / "raw" / art.filename).unlink(missing_ok=True)  # before repair would hash it
+                _prepare_repair(art.name, folder)
+            _refuse_offline(art)
+            return _pull_locked(art, folder, strict=strict, progress=progress)
+        except BaseException:
+            if first:
+                _discard_if_empty(folder)
+            raise
+
+
+def _discard_if_empty(folder: Path) -> None:
+    """After a failed first pull: remove the folder when it holds nothing worth keeping
+    (empty folders, the download's lock files, which only pulls holding the artifact lock,
+    as we do, ever open, and a partial download without a byte). A partial download with
+    bytes stays, so the next pull resumes it."""
+    def worthless(path: Path) -> bool:
+        if path.is_symlink() or not path.is_file():
+            return False
+        if path.name.endswith(".partial.meta"):
+            path = path.with_name(path.name[: -len(".meta")])
+            return not path.exists() or worthless(path)
+        return path.name.endswith((".lock", ".partial")) and path.stat().st_size == 0
+
+    for sub in (folder / "raw", folder):
+        if not sub.is_dir() or sub.is_symlink():
+            continue
+        entries = list(sub.iterdir())
+        if all(worthless(p) for p in entries):
+            for path in entries:
+                path.unlink(missing_ok=True)
+            try:
+                sub.rmdir()
+            except OSError:
+                return
 
 
 def _refuse_offline(art: Artifact) -> None:
@@ -239,7 +274,8 @@ def _pull_locked(art: Artifact, folder: Path, *, strict: bool, progress: Optiona
     started = time.time()
     raw = folder / "raw" / art.filename
     raw.parent.mkdir(parents=True, exist_ok=True)
-    result = download(art.url, raw, expected_sha256=art.sha256, progress=progress, desc=art.name)
+    result = download(art.url, raw, expected_sha256=art.sha256, expected_size=art.size, progress=progress,
+                      desc=art.name)
     warnings: list[str] = []
     log_file = None
     try:
@@ -256,6 +292,9 @@ def _pull_locked(art: Artifact, folder: Path, *, strict: bool, progress: Optiona
         if conversion.detection.kind != art.kind:
             raise BadInputError(f"{art.name}: expected a {art.kind} checkpoint, the file holds a "
                                 f"{conversion.detection.kind}")
+        width, wanted = conversion.detection.ham_channels, art.ham_channels or get_variant(art.variant).ham_channels
+        if art.kind == "segmentor" and width != wanted:
+            raise BadInputError(f"{art.name}: expected a decode head {wanted} wide, the file's is {width}")
     except SegnextHubError as err:
         raw.unlink(missing_ok=True)
         if log_file:
@@ -264,7 +303,7 @@ def _pull_locked(art: Artifact, folder: Path, *, strict: bool, progress: Optiona
     disagreements = [f"{art.name}: sources disagree: {line}" for line in conversion.report.disagreements]
     for message in ([warning] if warning else []) + disagreements:
         warnings.append(message)
-        logger.warning("%s", message)
+        logger.warning("%s", message)  # the CLI escapes control characters when it shows it
     model_sha = write_output(conversion, folder / MODEL_FILE, force=True)
     write_config(folder, with_registry(conversion.artifact_config(art.name), art))
     files = record_files(folder, {f"raw/{art.filename}": result.sha256, MODEL_FILE: model_sha, CONFIG_FILE: "",
@@ -304,7 +343,8 @@ def _fetch_log(art: Artifact, folder: Path, progress: Optional[bool]) -> tuple[O
         return None, None
     name = art.log_url.rstrip("/").rsplit("/", 1)[-1] or "train.log.json"
     try:
-        download(art.log_url, folder / name, progress=progress, desc=f"{art.name} log")
+        download(art.log_url, folder / name, max_bytes=min(LOG_MAX_BYTES, max_download_bytes()), progress=progress,
+                 desc=f"{art.name} log")
     except SegnextHubError as err:
         return None, str(err)
     return name, None

@@ -72,6 +72,18 @@ def is_positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
+#: The decode head normalises with GroupNorm(32, width), so a head width is a multiple of this.
+HEAD_NUM_GROUPS = 32
+
+
+def check_ham_channels(value: Any) -> int:
+    """``value`` if it can be a decode-head width (a positive multiple of 32), else a ``ValueError``."""
+    if not is_positive_int(value) or value % HEAD_NUM_GROUPS:
+        raise ValueError(f"ham_channels must be a positive multiple of {HEAD_NUM_GROUPS} (the head's GroupNorm "
+                         f"groups), got {value!r}")
+    return value
+
+
 def check_positive_int(name: str, value: Any) -> int:
     """``value`` if :func:`is_positive_int`, else a ``ValueError`` naming ``name``."""
     if not is_positive_int(value):
