@@ -77,5 +77,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     if not not_run:
         return
     terminalreporter.section(f"docs code blocks not run: {len(not_run)}")
-    for where, reason in sorted(not_run.items()):
+    for where, reason in sorted(not_run.items(), key=lambda item: (item[0].rsplit(":", 1)[0], int(item[0].rsplit(":", 1)[1]))):
         terminalreporter.line(f"{where}: {reason}")
