@@ -16,7 +16,7 @@ OPENVINO_PY := $(OPENVINO_VENV)/bin/python
 # Pinned so pip takes the local CPU wheel instead of a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test test-fast test-timm test-openvino parity-venv paddle-venv timm-venv openvino-venv venv bench bench-engines clean
+.PHONY: demo test test-fast test-timm test-openvino parity-venv paddle-venv timm-venv openvino-venv venv bench bench-engines docs clean
 
 venv: $(VENV)/.installed
 parity-venv: $(PARITY_VENV)/.installed
@@ -27,7 +27,7 @@ openvino-venv: $(OPENVINO_VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,docs]'
 	touch $@
 
 $(PARITY_VENV)/.installed: tests/parity/requirements.txt
@@ -58,11 +58,16 @@ $(OPENVINO_VENV)/.installed: pyproject.toml
 demo: venv
 	$(PY) -m segnext_hub.tasks.demo
 
+# The docs site (mkdocs-material + mkdocstrings, the `docs` extra, in the main venv) into site/.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 # The whole suite, parity with MMSegmentation 1.2.2 and PaddleSeg 2.8.0 included (they must not
-# be skipped), then the timm / segmentation_models_pytorch and OpenVINO tests in their own venvs
-# (they skip, with the reason, in the main one).
+# be skipped), the docs site's strict build too (SEGNEXT_REQUIRE_DOCS), then the timm /
+# segmentation_models_pytorch and OpenVINO tests in their own venvs (they skip, with the
+# reason, in the main one).
 test: venv parity-venv paddle-venv timm-venv openvino-venv
-	SEGNEXT_REQUIRE_PARITY=1 SEGNEXT_PARITY_PYTHON=$(CURDIR)/$(PARITY_PY) SEGNEXT_PADDLE_PYTHON=$(CURDIR)/$(PADDLE_PY) $(PY) -m pytest -q --durations=15
+	SEGNEXT_REQUIRE_DOCS=1 SEGNEXT_REQUIRE_PARITY=1 SEGNEXT_PARITY_PYTHON=$(CURDIR)/$(PARITY_PY) SEGNEXT_PADDLE_PYTHON=$(CURDIR)/$(PADDLE_PY) $(PY) -m pytest -q --durations=15
 	$(MAKE) test-timm
 	$(MAKE) test-openvino
 
@@ -75,7 +80,7 @@ test-openvino: openvino-venv
 
 # Everything but the MMSeg comparisons.
 test-fast: venv
-	$(PY) -m pytest -q -m "not parity" --durations=15
+	SEGNEXT_REQUIRE_DOCS=1 $(PY) -m pytest -q -m "not parity" --durations=15
 
 bench: venv parity-venv
 	SEGNEXT_PARITY_PYTHON=$(CURDIR)/$(PARITY_PY) $(PY) benchmarks/bench_model.py
@@ -85,4 +90,4 @@ bench-engines: openvino-venv
 	SEGNEXT_PARITY_PYTHON=$(CURDIR)/$(PARITY_PY) $(OPENVINO_PY) benchmarks/bench_engines.py
 
 clean:
-	rm -rf $(VENV) $(PARITY_VENV) $(PADDLE_VENV) $(TIMM_VENV) $(OPENVINO_VENV) *.egg-info
+	rm -rf $(VENV) $(PARITY_VENV) $(PADDLE_VENV) $(TIMM_VENV) $(OPENVINO_VENV) *.egg-info site

@@ -126,6 +126,27 @@ class ArtifactConfig:
     log, registry, a user override). Test-time fields are None where the dataset's MMSeg
     settings apply. ``new_weights`` lists tensors that did not come from the artifact
     (a new classifier, a new head). Backbones have no classes, rank or test settings.
+
+    Frozen and checked on construction (bounded counts and texts), whoever builds it: a
+    ``config.json`` or safetensors header from elsewhere cannot smuggle in a value the
+    model builder would choke on. ``to_json``/``from_json`` are the config.json form,
+    ``to_metadata``/``from_metadata`` the safetensors-header form.
+
+    Attributes:
+        variant: ``"t"``, ``"s"``, ``"b"`` or ``"l"``.
+        kind: ``"segmentor"`` or ``"backbone"``.
+        num_classes: Outputs of the classifier (segmentors only).
+        md_r: The NMF rank the weights were trained with; ``md_r_source`` says where it was read.
+        name: The registry name, where the artifact is a published one.
+        dataset: ``ade20k``, ``cityscapes``, ``isaid``, ... (sets the default classes and palette).
+        classes: The artifact's own class names, where they differ from the dataset's.
+        palette: The artifact's own RGB colours, one per class.
+        training_seed: The seed the run was trained with (``segnext-hub eval``'s default).
+        test_mode: ``"whole"`` or ``"slide"``; with ``resize_scale``, ``test_crop_size`` and
+            ``test_stride``, the test settings (None: the dataset's).
+        source_layout: The layout the weights were converted from (``official``, ``jittor``...).
+        new_weights: Tensors that did not come from the artifact (a new classifier, a new head).
+        pretrained_backbone: Where ``create_model`` took the backbone from.
     """
 
     variant: str

@@ -101,6 +101,15 @@ def reduce_zero_label(label: np.ndarray) -> np.ndarray:
 
     Done in uint8 arithmetic exactly as MMSeg's ``LoadAnnotations``: 0 becomes 255, then
     everything moves down by one, then 254 (formerly 255 or 0) becomes 255 again.
+
+    Args:
+        label: A uint8 ADE20K label map (0 = "other", 1..150 the classes).
+
+    Returns:
+        A new uint8 map of class indices 0..149, 255 where ignored.
+
+    Raises:
+        ValueError: ``label`` is not uint8.
     """
     if label.dtype != np.uint8:
         raise ValueError(f"reduce_zero_label expects a uint8 label, got {label.dtype}")

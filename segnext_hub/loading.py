@@ -323,17 +323,40 @@ def load(name_or_path: Union[str, Path], *, device: Union[str, torch.device] = "
          progress: Optional[bool] = None, fast: bool = False, mmap: bool = True) -> nn.Module:
     """An eval-mode SegNeXt (or MSCAN for backbone artifacts) ready for inference.
 
-    ``name_or_path``: a registry name (pulled into the cache if needed, see
-    ``segnext-hub list``), a local ``.safetensors``/``.pth``/``.pkl`` (converted on the fly
-    when in another layout), a cache folder, or ``hf://org/repo``. ``md_r`` overrides the
-    NMF rank recorded with the weights. ``num_classes`` starts a fine-tuning run: every
-    weight from the artifact, and a new ``conv_seg`` (MMSeg's initialisation: normal, std
-    0.01, bias 0, from the global RNG) when it differs from the artifact's classes; call
-    ``.train()`` on the result. ``fast=True`` returns the fused inference-only model
-    (folded norms, fused kernels; equal up to rounding, see README "Fast inference").
-    ``mmap=False`` copies the weights into memory of their own instead of mapping the file:
-    a mapped model follows a rewrite of its file in place, and truncating the file kills
-    the process with SIGBUS (docs/reliability.md).
+    One resolver for every source (see docs/cli.md, "Names and paths"), so a script works
+    the same with a published name, a file on disk or a Hugging Face repo.
+
+    Args:
+        name_or_path: A registry name (pulled into the cache if needed; ``segnext-hub list``
+            shows them), a local ``.safetensors``/``.pth``/``.pkl`` (converted, with
+            verification, on the fly when in another layout), a cache folder, or
+            ``hf://org/repo[@revision]``.
+        device: Where the weights go (moved once, as ``Module.to`` would).
+        dtype: Cast the floating-point weights once; None keeps float32.
+        md_r: Overrides the NMF rank recorded with the weights (outputs depend on it; no
+            weight does).
+        num_classes: Starts a fine-tuning run: every weight from the artifact, and a new
+            ``conv_seg`` (MMSeg's initialisation: normal, std 0.01, bias 0, from the global
+            RNG) when it differs from the artifact's classes; call ``.train()`` on the result.
+        progress: Show a download bar; None shows one on a terminal only.
+        fast: Return the fused inference-only model (folded norms, fused kernels; equal up to
+            rounding, see docs/fast.md).
+        mmap: Map the cached file (the default: no weight is copied). False copies the
+            weights into memory of their own: a mapped model follows a rewrite of its file
+            in place, and truncating the file kills the process with SIGBUS
+            (docs/reliability.md).
+
+    Returns:
+        The model in eval mode; ``model.segnext_config`` (an ``ArtifactConfig``) says what
+        it is and where each decisive value (MD_R, training seed, classes) came from.
+
+    Raises:
+        BadInputError: Unknown name (with close matches), unreadable or foreign file, a
+            backbone artifact given ``num_classes``, a bad ``num_classes``.
+        OfflineError: Offline (``SEGNEXT_HUB_OFFLINE``) and the name is not cached.
+        DownloadError: The download failed or its hash is wrong.
+        DamagedEntryError: The cached copy no longer matches its manifest (``pull`` repairs it).
+        VerificationError: A file converted on the fly does not compute what its source does.
     """
     model = _load_exact(name_or_path, device=device, dtype=dtype, md_r=md_r, progress=progress)
     if not mmap:
@@ -382,14 +405,33 @@ def create_model(variant: Union[str, Variant], *, num_classes: int = 150, md_r: 
                  progress: Optional[bool] = None, ham_channels: Optional[int] = None) -> nn.Module:
     """A new SegNeXt (or MSCAN), initialised as MMSeg initialises one, in eval mode.
 
-    ``pretrained_backbone`` (a registry name such as ``mscan-b-in1k``, a path in any
-    layout ``segnext-convert`` reads, or ``hf://org/repo``) fills the MSCAN, as MMSeg's
-    ``init_cfg=Pretrained`` does but strictly: the artifact must be of the same variant and
-    every backbone tensor is used (a segmentor artifact gives its backbone). The head
-    stays newly initialised; its tensor names are listed in
-    ``model.segnext_config.new_weights`` (and logged at INFO). ``md_r=None`` is the
-    variant's default rank; MMSeg's 1.x configs train every size with 16. ``ham_channels``
-    is the decode head's width (None: the variant's; PaddleSeg's configs use 256 for every size).
+    The starting point of training from scratch or from an ImageNet backbone, as MMSeg's
+    configs do; use :func:`load` for published weights.
+
+    Args:
+        variant: ``"t"``, ``"s"``, ``"b"``, ``"l"`` (or ``"mscan-t"``, ``"segnext-tiny"``...)
+            or a ``Variant``.
+        num_classes: Outputs of the classifier (``conv_seg``).
+        md_r: The NMF rank; None is the variant's default (the official repo's: T/S 16, B/L
+            64). MMSeg's 1.x configs train every size with 16.
+        backbone_only: Return the MSCAN alone (state-dict keys without a prefix).
+        pretrained_backbone: A registry name such as ``mscan-b-in1k``, a path in any layout
+            ``segnext-convert`` reads, or ``hf://org/repo``: fills the MSCAN as MMSeg's
+            ``init_cfg=Pretrained`` does, but strictly: the artifact must be of the same
+            variant and every backbone tensor is used (a segmentor artifact gives its
+            backbone).
+        progress: Show a download bar for ``pretrained_backbone``; None: on a terminal only.
+        ham_channels: The decode head's width; None is the variant's (PaddleSeg's configs
+            use 256 for every size).
+
+    Returns:
+        The model in eval mode. The newly initialised tensors are listed in
+        ``model.segnext_config.new_weights`` (and logged at INFO).
+
+    Raises:
+        ValueError: Unknown variant, or a ``num_classes``/``md_r`` that is not a positive integer.
+        BadInputError: ``pretrained_backbone`` holds another variant, or cannot be read.
+        OfflineError: ``pretrained_backbone`` is an uncached name while offline.
     """
     spec = variant if isinstance(variant, Variant) else get_variant(variant)
     model = build_model(spec, num_classes=_check_num_classes(num_classes), md_r=md_r, backbone_only=backbone_only,

@@ -67,3 +67,15 @@ def mirror(tmp_path, monkeypatch) -> Iterator[Mirror]:
     with LoopbackServer() as server:
         monkeypatch.setenv("SEGNEXT_HUB_MIRROR", server.base_url)
         yield Mirror(server)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """List the README/docs code blocks that tests/test_docs_snippets.py did not run, and why."""
+    from tests.helpers.doc_snippets import NOT_RUN_KEY
+
+    not_run = config.stash.get(NOT_RUN_KEY, None)
+    if not not_run:
+        return
+    terminalreporter.section(f"docs code blocks not run: {len(not_run)}")
+    for where, reason in sorted(not_run.items(), key=lambda item: (item[0].rsplit(":", 1)[0], int(item[0].rsplit(":", 1)[1]))):
+        terminalreporter.line(f"{where}: {reason}")

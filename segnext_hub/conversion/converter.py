@@ -322,10 +322,35 @@ def convert(
 ) -> ConvertReport:
     """Convert ``src`` into ``dst`` (.safetensors or .pth) and return the report.
 
-    Nothing is written unless every key is accounted for and, with ``verify``, the
-    outputs match within ``atol`` (default: exact). An existing ``dst`` is kept unless
-    ``force``. ``log``: the run's training log, read for MD_R and seed where the
-    checkpoint does not record them; ``md_r``/``seed`` override every record.
+    Nothing is written unless every key is accounted for and, with ``verify``, the source
+    (in its own module tree) and the converted model agree on fixed inputs within ``atol``:
+    a conversion that changes what the model computes never reaches the disk.
+
+    Args:
+        src: A checkpoint in any layout read here (official, MMSeg, Jittor; ``.pth``,
+            ``.pkl``, ``.safetensors``); never unpickled with code execution.
+        dst: The output; its suffix picks the format (``.safetensors``, or ``.pth``/``.pt``
+            as an MMSeg-loadable checkpoint).
+        from_layout: The source layout, or ``"auto"`` to detect it from the key names.
+        to: The target layout's key names (``"mmseg"``, or ``"official"``).
+        variant: Overrides the detected variant.
+        num_classes: Overrides the detected class count.
+        md_r: Overrides every recorded NMF rank.
+        seed: Overrides every recorded training seed.
+        log: The run's training log, read for MD_R and seed where the checkpoint does not
+            record them.
+        verify: Compare outputs before writing (default: yes).
+        atol: Largest accepted absolute difference (default: exactly equal).
+        force: Replace an existing ``dst``.
+
+    Returns:
+        A ``ConvertReport``: what was detected and where each value came from, the key
+        counts, the verification, the output's sha256 (``to_dict()``, ``format_text()``).
+
+    Raises:
+        BadInputError: Unreadable or foreign ``src``, unknown keys, an existing ``dst``
+            without ``force``, a bad option.
+        VerificationError: The outputs differ beyond ``atol`` (nothing is written).
     """
     started = time.perf_counter()
     dst = check_destination(dst, force)

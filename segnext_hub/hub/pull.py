@@ -178,9 +178,27 @@ def _check_hash(art: Artifact, measured: str, strict: bool) -> tuple[str, Option
 def pull(name: str, *, strict: bool = False, progress: Optional[bool] = None, force: bool = False) -> PullResult:
     """Make ``name`` available in the cache and return its folder.
 
-    Raises OfflineError when offline and not cached, DownloadError on network failure or
-    a hash mismatch that policy makes fatal, BadInputError when the file is not the
-    checkpoint the registry describes (it is then deleted).
+    Downloads (resuming a partial file), checks the hash, converts with verification and
+    writes the manifest last, so a folder with a manifest is complete. A cached, undamaged
+    name touches no network; a damaged one is repaired.
+
+    Args:
+        name: A registry name or alias (``mscan-t``, ``SegNeXt_Tiny``...).
+        strict: Make a file-name hash-prefix mismatch fatal (by default a warning: MMSeg's
+            publishing tool hashed files before stripping the optimizer).
+        progress: Show a download bar; None shows one on a terminal only.
+        force: Download again (offline: convert the kept download again), for damage only
+            hashes reveal.
+
+    Returns:
+        A ``PullResult``: the folder, whether anything was downloaded, the manifest.
+
+    Raises:
+        BadInputError: Unknown name, or a file that is not the checkpoint the registry
+            describes (it is then deleted).
+        OfflineError: Offline and not cached.
+        DownloadError: The network failed, or a hash mismatch that policy makes fatal.
+        VerificationError: The converted weights do not compute what the published ones do.
     """
     art = get_artifact(name)
     if not force and (manifest := _usable(art.name)) is not None:

@@ -387,7 +387,14 @@ def list_artifacts() -> list[Artifact]:
 
 
 def list_models() -> list[str]:
-    """Names of every published artifact (``segnext-hub list`` shows details)."""
+    """Names of every published artifact, in registry order.
+
+    No network and no torch: the registry is data shipped with the package.
+
+    Returns:
+        The names (``mscan-t``, ``mscan-t-in1k``, ...); ``segnext-hub list`` shows each
+        one's dataset, mIoU, parameters, source and cache state.
+    """
     return [artifact.name for artifact in list_artifacts()]
 
 

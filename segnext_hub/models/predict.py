@@ -115,15 +115,31 @@ class SegmentationInference:
     ) -> list[Prediction]:
         """Full-resolution class maps, computed the way MMSeg 1.x inference does.
 
-        ``images``: RGB uint8, HWC numpy arrays or tensors (one image or a list).
-        ``scale``: keep-ratio resize target (long, short) edge bounds, as MMSeg's test
-        pipeline (ADE20K ``(2048, 512)``, Cityscapes ``(2048, 1024)``); None: no resize.
-        The normalised image is zero-padded to a multiple of ``size_divisor`` (MMSeg's test
-        preprocessor); ``mode="whole"`` runs it in one forward, ``"slide"`` in tiles of
-        ``crop_size`` every ``stride`` (Cityscapes: 1024 / 768). ``generator``: one for
-        all images (drawn image after image), one per image, or None (global RNG).
-        ``batch_size`` > 1 forwards same-size inputs together; each image's bases are
-        drawn as at batch size 1, so the masks are the same.
+        Keep-ratio resize (OpenCV's arithmetic), ImageNet normalisation, zero padding to a
+        multiple of ``size_divisor``, ``whole`` or ``slide`` inference, bilinear resize of
+        the logits to the image size, argmax: MMSeg's class map pixel for pixel.
+
+        Args:
+            images: RGB uint8, HWC numpy arrays or tensors (one image or a list).
+            mode: ``"whole"`` (one forward) or ``"slide"`` (tiles of ``crop_size`` every
+                ``stride``; Cityscapes: 1024 / 768).
+            scale: Keep-ratio resize bounds (long, short), as MMSeg's test pipeline (ADE20K
+                ``(2048, 512)``, Cityscapes ``(2048, 1024)``); None: no resize.
+            size_divisor: Pad the normalised image to a multiple of this.
+            crop_size: Slide-mode tile (height, width).
+            stride: Slide-mode step (height, width).
+            return_logits: Also return the (num_classes, H, W) logits.
+            generator: One generator for all images (drawn image after image), one per
+                image, or None (global RNG).
+            batch_size: Forward up to this many same-size inputs together; each image's
+                bases are drawn as at batch size 1, so the masks are the same.
+
+        Returns:
+            One ``Prediction`` per image: ``mask`` (H, W) int64 class ids and, with
+            ``return_logits``, ``logits``.
+
+        Raises:
+            ValueError: An image is not (H, W, 3), or an unknown ``mode``.
         """
         if isinstance(images, (np.ndarray, Tensor)) and looks_like_single_image(images):
             images = [images]

@@ -80,8 +80,14 @@ def looks_like_single_image(images: ImageLike) -> bool:
 
 
 def as_rgb_tensor(image: ImageLike) -> Tensor:
-    """HWC uint8 RGB (numpy or tensor) -> CHW float32 tensor on the 0-255 scale."""
-    t = torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
+    """HWC uint8 RGB (numpy or tensor) -> CHW float32 tensor on the 0-255 scale.
+
+    A read-only array (``np.asarray(PIL_image)`` gives one) is copied first: torch warns
+    about wrapping one, and nothing here may write to the caller's pixels anyway.
+    """
+    if isinstance(image, np.ndarray):
+        image = np.ascontiguousarray(image) if image.flags.writeable else np.array(image, order="C")
+    t = torch.from_numpy(image) if isinstance(image, np.ndarray) else image
     if not isinstance(t, Tensor) or t.ndim != 3 or t.shape[2] != 3:
         shape = tuple(getattr(image, "shape", ()))
         raise ValueError(f"predict expects RGB images of shape (H, W, 3), got shape {shape}")

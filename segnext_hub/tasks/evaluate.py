@@ -270,6 +270,13 @@ def image_seed(seed: int, index: int) -> int:
     """The NMF seed of image ``index`` in a run seeded with ``seed`` (numpy's SeedSequence mixing).
 
     A pure function of the two numbers, so any process can compute any image's seed.
+
+    Args:
+        seed: The run's seed.
+        index: The image's position in the sorted dataset.
+
+    Returns:
+        A seed for ``torch.Generator().manual_seed``, below 2**63.
     """
     words = np.random.SeedSequence([int(seed) % 2**64, int(index)]).generate_state(2, np.uint32)
     return (int(words[0]) << 31 | int(words[1]) >> 1) & (2**63 - 1)
@@ -331,23 +338,46 @@ def evaluate(
     batch_size: int = 1,
     workers: int = 0,
 ) -> EvalResult:
-    """Evaluate ``model`` (a :class:`SegNeXt` or anything with its ``predict``) on ``data_dir``.
+    """mIoU, aAcc and mAcc of ``model`` on a dataset folder, as MMSeg 1.x computes them.
 
-    ``dataset`` None picks the layout found in ``data_dir``: ADE20K's, Cityscapes', or
-    ``images/ + labels/`` (``"folder"``, the layout fine-tuning reads: any image suffix,
-    PNG class indices below the model's class count, 255 ignored, the model's own classes). ``mode``/``scale``/``crop_size``/
-    ``stride`` default to the dataset's test settings (ADE20K: whole, (2048, 512);
-    Cityscapes: slide 1024x1024 every 768 after a (2048, 1024) resize). ``aug_test`` runs
-    :func:`segnext_hub.tasks.tta.predict_tta` (multi-scale + flip; ``aug_reference`` says what
-    the ratios multiply). ``seed``/``rng``: see the module docstring; ``seed`` None is the
-    training seed the artifact records (:func:`segnext_hub.tasks.seeds.recorded_seed`), else
-    0 in ``rng="image"`` (in ``"sequential"`` it leaves the global RNG alone); the result's
-    ``settings`` say which seed ran and where it came from. ``workers``
-    DataLoader processes decode and resize; ``batch_size`` images (or one image's slide
-    windows) of one size share a forward, with each image's bases drawn as if alone
-    (TTA views run one at a time). In a process group (``torch.distributed``) every rank
-    must call this; each evaluates its share and all return the same result.
-    ``progress`` None shows a bar on a terminal only (rank 0 only, counting all ranks).
+    MMSeg's test settings and ``IoUMetric``, so a published figure can be checked. In a
+    process group (``torch.distributed``) every rank must call this; each evaluates its
+    share and all return the same result, equal to one process's bit for bit.
+
+    Args:
+        model: A ``SegNeXt`` (or anything with its ``predict``).
+        data_dir: An ADE20K or Cityscapes layout, an ``images/ + labels/`` folder (the
+            layout fine-tuning reads: PNG class indices below the model's class count, 255
+            ignored, the model's own classes), or a parent folder of one.
+        dataset: The layout's name (``"folder"`` for ``images/ + labels/``); None picks the
+            one found in ``data_dir``.
+        mode: ``"whole"`` or ``"slide"``; None: the dataset's (ADE20K whole, Cityscapes slide).
+        scale: Keep-ratio resize bounds; None: the dataset's ((2048, 512) / (2048, 1024)).
+        crop_size: Slide tile; None: the dataset's (Cityscapes 1024x1024).
+        stride: Slide step; None: the dataset's (Cityscapes 768).
+        aug_test: Multi-scale + flip (``segnext_hub.tasks.tta.predict_tta``), the "ms+flip"
+            protocol.
+        aug_ratios: The multi-scale ratios.
+        aug_reference: What the ratios multiply (``"image"``: the image size).
+        seed: The NMF seed; None is the training seed the artifact records
+            (``segnext_hub.tasks.seeds.recorded_seed``), else 0 in ``rng="image"`` (in
+            ``"sequential"`` it leaves the global RNG alone).
+        rng: ``"image"``: image i draws from a generator seeded with ``image_seed(seed, i)``,
+            so results do not depend on processes, batches or ``limit``; ``"sequential"``:
+            MMSeg's ``tools/test.py`` order (one process only).
+        limit: Evaluate the first ``limit`` images (sorted order) only.
+        progress: Show a bar; None shows one on a terminal only (rank 0, counting all ranks).
+        batch_size: Images (or one image's slide windows) of one size that share a forward;
+            each image's bases are drawn as if alone (TTA views run one at a time).
+        workers: DataLoader processes that decode and resize.
+
+    Returns:
+        An ``EvalResult``: the metrics, per-class IoU and accuracy, and the ``settings``
+        that ran (which seed, and where it came from).
+
+    Raises:
+        BadInputError: No known layout in ``data_dir``, an unreadable image or label, a model
+            whose class count differs from the dataset's, a bad option.
     """
     layout, root, samples = iter_samples(data_dir, dataset, limit)
     num_classes = int(model.num_classes)

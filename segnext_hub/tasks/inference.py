@@ -172,8 +172,7 @@ def predict_files(
     max_pixels: Optional[int] = MAX_PIXELS,
     skipped: Optional[list[tuple[Path, str]]] = None,
 ) -> list[dict[str, Path]]:
-    """Predict each image and write ``<stem>_classes.png``, ``_color.png``, ``_overlay.png``,
-    and one ``legend.json`` naming each class index and its colour.
+    """Predict each image file and write its class-index, colour and overlay PNGs.
 
     ``images`` may name folders: every image under one is predicted, its outputs in the
     same relative subfolders of ``out_dir`` (:func:`expand_images`). Every input gets

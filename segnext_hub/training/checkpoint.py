@@ -43,13 +43,29 @@ def save_checkpoint(path: Union[str, Path], model: nn.Module, *, classes: Option
                     palette: Optional[Sequence[Sequence[int]]] = None, optimizer: Optional[Optimizer] = None,
                     scheduler: Optional[LRScheduler] = None, iteration: Optional[int] = None,
                     extra: Optional[dict[str, Any]] = None) -> Path:
-    """Write ``model``'s weights to ``path`` (a ``.safetensors``) and, with an ``optimizer``,
-    the training state next to it; returns ``path``. Existing files are replaced.
+    """Write ``model``'s weights to ``path`` and, with an ``optimizer``, the training state next to it.
 
-    ``classes``/``palette`` name the outputs (lengths must equal the head's classes; a
-    class list without a palette gets the default colours, stored so they stay fixed).
-    ``iteration``: the number of iterations done. ``extra``: plain values (numbers, text,
-    lists, dicts) the run wants back on resume.
+    The weights file is what ``segnext_hub.load`` reads (with the classes, so the tuned
+    model predicts its own label space); the state file is what :func:`resume_checkpoint`
+    needs to continue the run exactly. Existing files are replaced, atomically.
+
+    Args:
+        path: A ``.safetensors`` file.
+        model: A ``SegNeXt`` or ``MSCAN`` (not a fused model).
+        classes: Names of the outputs (one per class).
+        palette: RGB colours (one per class); a class list without one gets the default
+            colours, stored so they stay fixed.
+        optimizer: Save its state (and the RNG's) for resuming.
+        scheduler: Save its state too.
+        iteration: The number of iterations done.
+        extra: Plain values (numbers, text, lists, dicts) the run wants back on resume.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        BadInputError: ``path`` is not ``.safetensors``, the model is not a SegNeXt or
+            MSCAN, or the classes/palette do not match the head.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -107,12 +123,25 @@ def _metadata(model: nn.Module, tensors: dict[str, torch.Tensor], classes: Optio
 
 def resume_checkpoint(path: Union[str, Path], model: nn.Module, optimizer: Optional[Optimizer] = None,
                       scheduler: Optional[LRScheduler] = None) -> dict[str, Any]:
-    """Put a checkpoint's weights into ``model`` (and, if given, the optimiser's and
-    scheduler's state, and the global torch RNG); returns ``{"iteration", "extra"}``.
+    """Put a checkpoint's weights into ``model`` and, if given, the training state back.
 
-    The model must be the same variant and class count as the checkpoint (build it with
-    ``load(path)`` or ``create_model``); the optimiser must have been built the same way
-    (same parameter groups) as the saved one.
+    A resumed run continues with the same learning rates, AdamW moments and random
+    stream as an uninterrupted one.
+
+    Args:
+        path: A ``.safetensors`` written by :func:`save_checkpoint`.
+        model: The same variant and class count as the checkpoint (build it with
+            ``load(path)`` or ``create_model``).
+        optimizer: Built the same way (same parameter groups) as the saved one; its state
+            and the global torch RNG are restored.
+        scheduler: Its state is restored.
+
+    Returns:
+        ``{"iteration": ..., "extra": ...}`` as saved.
+
+    Raises:
+        BadInputError: No such file, not a segnext-hub checkpoint, other keys or shapes,
+            or no training state next to it when an optimizer is given.
     """
     path = Path(path)
     if not path.is_file():

@@ -27,6 +27,17 @@ def param_groups(model: nn.Module, lr: float = 6e-5, weight_decay: float = 0.01,
                  custom_keys: Optional[Mapping[str, Mapping[str, float]]] = None) -> list[dict[str, Any]]:
     """Parameter groups for ``torch.optim.AdamW``, as MMEngine's default constructor makes them.
 
+    Args:
+        model: The model to train.
+        lr: The base learning rate (the configs: 6e-5).
+        weight_decay: The base weight decay (the configs: 0.01).
+        custom_keys: ``{substring: {"lr_mult": x, "decay_mult": y}}``; None is the configs'
+            ``paramwise_cfg`` (``CUSTOM_KEYS``: ``head`` lr x10, ``norm`` and ``pos_block``
+            no decay).
+
+    Returns:
+        Groups of ``{"params", "lr", "weight_decay"}`` for the optimiser's constructor.
+
     Each parameter takes the settings of the first custom key that is a substring of its
     name, keys tried longest first, then alphabetically (so ``decode_head.*`` takes
     ``head``'s lr x10 and keeps its decay; ``backbone.*norm*`` has no decay; the stem's
@@ -95,8 +106,20 @@ def poly_schedule(optimizer: Optimizer, total_iters: int = 160_000, warmup_iters
                   **options: Any) -> WarmupPolyLR:
     """The configs' schedule for ``optimizer``; call ``.step()`` after every iteration.
 
-    ``total_iters``: the run's length (the configs: 160k). ``options``: ``warmup_ratio``
-    (1e-6), ``power`` (1.0), ``eta_min`` (0.0). Its ``state_dict()`` resumes it.
+    Linear warm-up from ``warmup_ratio`` to the base lr, then poly decay to ``eta_min`` at
+    the last iteration, as MMEngine steps ``LinearLR`` + ``PolyLR``.
+
+    Args:
+        optimizer: The optimiser whose groups' lrs it sets.
+        total_iters: The run's length (the configs: 160,000).
+        warmup_iters: Warm-up iterations (the configs: 1500); 0 for none.
+        **options: ``warmup_ratio`` (1e-6), ``power`` (1.0), ``eta_min`` (0.0).
+
+    Returns:
+        The scheduler; its ``state_dict()`` resumes it.
+
+    Raises:
+        ValueError: ``warmup_iters`` is 1 or leaves fewer than two iterations of decay.
     """
     return WarmupPolyLR(optimizer, total_iters=total_iters, warmup_iters=warmup_iters, **options)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -157,6 +159,17 @@ def test_predict_accepts_tensors_and_lists(tiny):
     image = torch.randint(0, 256, (40, 50, 3), dtype=torch.uint8)
     preds = tiny.predict([image, image.numpy()], generator=torch.Generator().manual_seed(0))
     assert len(preds) == 2 and preds[0].mask.shape == (40, 50)
+
+
+def test_predict_takes_a_read_only_array_without_warning(tiny):
+    """``np.asarray(Image.open(...))`` is read-only; README's recipe passes one as is."""
+    image = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    image.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (pred,) = tiny.predict(image, generator=torch.Generator().manual_seed(0))
+    (same,) = tiny.predict(image.copy(), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(pred.mask, same.mask) and not image.flags.writeable
 
 
 def test_predict_slide_covers_the_image(tiny):
