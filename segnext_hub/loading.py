@@ -33,13 +33,14 @@ from .conversion.converter import convert_checkpoint
 from .conversion.reading import read_checkpoint
 from .conversion.verify import check_keys
 from .errors import BadInputError, RemovedWhileLoading
-from .hub.cache import artifact_dir, damaged, use_lock
+from .hub.cache import use_lock
 from .hub.config import CONFIG_FILE, MODEL_FILE, read_config
 from .hub.hf import download_repo
-from .hub.pull import cached_manifest, pull
+from .hub.entry import CacheEntry
+from .hub.pull import pull
 from .hub.names import Source, resolve  # noqa: F401 - part of this module's API
 from .models import Variant, get_variant
-from .models.variants import check_positive_int
+from .models.variants import check_md_r, check_positive_int
 from .models.factory import build_model
 from .models.fused import fuse
 
@@ -194,6 +195,11 @@ def build_from_config(config: ArtifactConfig, state: dict[str, torch.Tensor], *,
     """An eval-mode model from its config and MMSeg-named tensors; ``md_r`` overrides the config's."""
     backbone_only = config.is_backbone
     rank = md_r if md_r is not None else config.md_r
+    if md_r is not None and not backbone_only:
+        try:
+            check_md_r(get_variant(config.variant), md_r)
+        except ValueError as err:
+            raise BadInputError(f"md_r argument: {err}") from None
     skeleton = _meta_skeleton(config.variant, config.num_classes or 150, rank, backbone_only)
     check_keys(state, skeleton.expected)
     model = _copy_with_weights(skeleton, _place(state, device, dtype))
@@ -264,8 +270,22 @@ def read_folder(folder: Path) -> tuple[ArtifactConfig, dict[str, torch.Tensor]]:
     config_file, weights = folder / CONFIG_FILE, folder / MODEL_FILE
     if not config_file.is_file() or not weights.is_file():
         raise BadInputError(f"{folder} has no {MODEL_FILE} + {CONFIG_FILE}")
-    config = read_config(config_file)
+    config = check_fits(read_config(config_file), str(config_file))
     return config, map_safetensors(weights)  # BadInputError naming the file when unreadable
+
+
+def check_fits(config: ArtifactConfig, where: str) -> ArtifactConfig:
+    """``config`` when a model can be built from it: its MD_R within the head's channels.
+
+    Raises:
+        BadInputError: one line naming the field and ``where`` it was read.
+    """
+    if config.md_r is not None and not config.is_backbone:
+        try:
+            check_md_r(get_variant(config.variant), config.md_r)
+        except ValueError as err:
+            raise BadInputError(f"{where}: {err}") from None
+    return config
 
 
 def read_cached(name: str, *, progress: Optional[bool] = None) -> tuple[ArtifactConfig, dict[str, torch.Tensor]]:
@@ -273,20 +293,22 @@ def read_cached(name: str, *, progress: Optional[bool] = None) -> tuple[Artifact
 
     Maps the weights under the artifact's shared use lock, so ``rm`` or a repairing pull
     waits until the mapping exists (a file removed or replaced after that stays readable
-    through the mapping: both replace files by rename, never in place); the sizes of
-    config.json and model.safetensors are checked against the manifest first (a stat each)
-    and a damaged entry names the repair command.
+    through the mapping: both replace whole entries by rename, never a file in place); the
+    sizes of config.json and model.safetensors are checked against the manifest first (a
+    stat each), and every file is opened only as a regular file inside the entry. A
+    damaged entry (an unreadable file, a value out of range) names the repair command.
     """
+    entry = CacheEntry(name)
     for attempt in range(2):
         with use_lock(name):
             # Only what a load reads: a damaged training log must not stop inference.
-            manifest = cached_manifest(name, only=(CONFIG_FILE, MODEL_FILE))  # damage: one line + repair
+            manifest = entry.complete_manifest(only=(CONFIG_FILE, MODEL_FILE))  # damage: one line + repair
             if manifest is not None:
-                folder = artifact_dir(name)
+                config = entry.read_config()
                 try:
-                    return read_folder(folder)
+                    return check_fits(config, CONFIG_FILE), map_safetensors(entry.weights)
                 except BadInputError as err:
-                    raise damaged(name, str(err).replace(f"{folder}/", ""), force=True) from None
+                    raise entry.damaged(str(err).replace(f"{entry.folder}/", "")) from None
         if attempt:
             break
         pull(name, progress=progress)
@@ -310,7 +332,7 @@ def load_file_path(path: Path, **kwargs: Any) -> nn.Module:
         meta = safetensors_metadata(path)
         config = ArtifactConfig.from_metadata(meta, f"{path} metadata")
         if config is not None and meta.get("layout", "mmseg") == "mmseg":  # other layouts are converted
-            return build_from_config(config, map_safetensors(path), **kwargs)
+            return build_from_config(check_fits(config, f"{path} metadata"), map_safetensors(path), **kwargs)
     conversion = convert_checkpoint(read_checkpoint(path), md_r=kwargs.get("md_r"))  # reads its own record
     return build_from_config(conversion.artifact_config(path.stem), conversion.tensors, **kwargs)
 
@@ -379,7 +401,11 @@ def create_model(variant: Union[str, Variant], *, num_classes: int = 150, md_r: 
     variant's default rank; MMSeg's 1.x configs train every size with 16.
     """
     spec = variant if isinstance(variant, Variant) else get_variant(variant)
-    model = build_model(spec, num_classes=_check_num_classes(num_classes), md_r=md_r, backbone_only=backbone_only)
+    try:
+        model = build_model(spec, num_classes=_check_num_classes(num_classes), md_r=md_r,
+                            backbone_only=backbone_only)
+    except ValueError as err:  # md_r out of range: bad input, one line
+        raise BadInputError(str(err)) from None
     config = ArtifactConfig(
         variant=spec.name, kind="backbone" if backbone_only else "segmentor",
         num_classes=None if backbone_only else num_classes,

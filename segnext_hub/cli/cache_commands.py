@@ -95,32 +95,30 @@ def info(name: str, as_json: bool) -> None:
     """
     import dataclasses
 
-    from ..hub.cache import artifact_dir
-    from ..hub.config import CONFIG_FILE, read_config
-    from ..hub.pull import cache_state
+    from ..hub.entry import CacheEntry
     from ..hub.registry import get_artifact
 
     art = get_artifact(name)
-    state, manifest, problem = cache_state(art.name)
+    entry = CacheEntry(art.name)
+    state, manifest, problem = entry.state()
     data = {"artifact": dataclasses.asdict(art), "cached": manifest is not None, "cache_state": state,
             "md_r": art.md_r, "md_r_source": f"registry: {art.md_r_source}" if art.md_r is not None else None,
             "training_seed": None, "training_seed_source": None, "record_warnings": []}
     if problem:
         data["damage"] = problem
     if manifest:
-        config = read_config(artifact_dir(art.name) / CONFIG_FILE)
+        config = entry.read_config()
         data.update({key: getattr(config, key) for key in ("md_r", "md_r_source", "training_seed",
                                                            "training_seed_source")},
-                    record_warnings=manifest.get("record_disagreements") or [])
-        data.update(path=str(artifact_dir(art.name)), raw_sha256=manifest.get("raw_sha256"),
-                    hash_status=manifest.get("hash_status"), warnings=manifest.get("warnings"),
-                    verification=manifest.get("conversion", {}).get("verification"))
-        log_file = manifest.get("log_file")
-        if log_file:
-            from ..tasks.logs import parse_log
+                    record_warnings=list(manifest.record_disagreements))
+        data.update(path=str(entry.folder), raw_sha256=manifest.raw_sha256,
+                    hash_status=manifest.hash_status, warnings=list(manifest.warnings),
+                    verification=dict(manifest.verification) or None)
+        if manifest.log_file:
+            from ..tasks.logs import parse_log_bytes
 
             try:
-                data["log"] = parse_log(artifact_dir(art.name) / log_file).as_dict()
+                data["log"] = parse_log_bytes(*entry.read_log(manifest)).as_dict()
             except Exception as err:  # noqa: BLE001 - a bad log must not hide the rest
                 data["log_error"] = str(err)
     if as_json:
@@ -203,21 +201,18 @@ def log(name_or_file: str, plot_path: Optional[str], as_json: bool) -> None:
     """
     from ..errors import BadInputError
     from ..hub.names import resolve
-    from ..tasks.logs import format_summary, parse_log, plot_log
+    from ..tasks.logs import format_summary, parse_log, parse_log_bytes, plot_log
 
     source = resolve(name_or_file)  # a registry name wins over a local file of that name
     if source.kind == "hf":
         raise BadInputError(f"{name_or_file}: Hub repos carry no training log; give a registry name or a file")
-    path = source.path
     if source.kind == "registry":
         from ..hub.pull import pull as pull_artifact
 
         result = pull_artifact(source.name)
-        log_file = result.manifest.get("log_file")
-        if not log_file:
-            raise BadInputError(f"{result.name} has no published training log")
-        path = result.path / log_file
-    summary = parse_log(path)
+        summary = parse_log_bytes(*result.entry.read_log(result.manifest))
+    else:
+        summary = parse_log(source.path)
     if plot_path:
         plot_log(summary, plot_path)
     if as_json:

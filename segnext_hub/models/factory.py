@@ -10,7 +10,7 @@ from .ham_head import LightHamHead
 from .init import init_backbone_, init_head_
 from .mscan import MSCAN
 from .segnext import SegNeXt
-from .variants import Variant, check_positive_int, get_variant
+from .variants import Variant, check_md_r, check_positive_int, get_variant
 
 
 def build_backbone(variant: Variant, drop_path_rate: Optional[float] = None) -> MSCAN:
@@ -33,7 +33,7 @@ def build_model(
     """
     spec = variant if isinstance(variant, Variant) else get_variant(variant)
     if md_r is not None:
-        check_positive_int("md_r", md_r)
+        check_md_r(spec, md_r)
     check_positive_int("num_classes", num_classes)
     backbone = init_backbone_(build_backbone(spec))
     if backbone_only:

@@ -77,3 +77,14 @@ def check_positive_int(name: str, value: Any) -> int:
     if not is_positive_int(value):
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def check_md_r(variant: Variant, md_r: Any) -> int:
+    """``md_r`` if it is a positive int no larger than the head's width (the NMF factors a
+    ``channels x pixels`` matrix: a rank beyond ``channels`` only asks for memory, and a file
+    saying 10^6 would ask for gigabytes), else a ``ValueError`` naming the field."""
+    check_positive_int("md_r", md_r)
+    if md_r > variant.ham_channels:
+        raise ValueError(f"md_r {md_r} is more than SegNeXt-{variant.name.upper()}'s {variant.ham_channels} "
+                         "head channels")
+    return md_r
