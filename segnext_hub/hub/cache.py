@@ -209,7 +209,7 @@ def remove_artifact(name: str) -> bool:
     The rename's trash (and any a killed ``rm`` left) is deleted after the locks are gone.
     """
     folder = artifact_dir(name)
-    if not folder.is_dir():
+    if not os.path.lexists(folder):
         return False
     trash = folder.with_name(f".trash-{name}-{uuid.uuid4().hex[:8]}")
     with artifact_lock(name, create=False), use_lock(name, shared=False):
@@ -218,7 +218,10 @@ def remove_artifact(name: str) -> bool:
         except FileNotFoundError:  # another process removed it first
             return False
     for leftover in [trash, *folder.parent.glob(f".trash-{name}-*")]:
-        shutil.rmtree(leftover, ignore_errors=True)
+        if leftover.is_symlink():  # a link put in the entry's place: removed, never followed
+            leftover.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
     return True
 
 

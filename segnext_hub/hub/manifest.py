@@ -43,13 +43,13 @@ def plain_name(rel: Any, what: str = "a file name") -> str:
     """
     if not isinstance(rel, str) or not rel:
         raise ManifestError(f"{what} is not a file name")
-    shown = rel.encode("unicode_escape").decode("ascii")[:80]
+    shown = ascii(rel)[1:-1][:80]  # control characters escaped; no codec lookup (a dropped user may not import one)
     if len(rel) > _MAX_NAME or any(ord(ch) < 32 or ord(ch) == 127 for ch in rel) or "\\" in rel:
-        raise ManifestError(f"{what} {shown!r} is not a plain file name")
+        raise ManifestError(f"{what} '{shown}' is not a plain file name")
     if rel.startswith("/") or re.match(r"[A-Za-z]:", rel):
-        raise ManifestError(f"{what} {shown!r} is an absolute path, outside the entry")
+        raise ManifestError(f"{what} '{shown}' is an absolute path, outside the entry")
     if any(part in ("", ".", "..") for part in rel.split("/")):
-        raise ManifestError(f"{what} {shown!r} leaves the entry folder (or has an empty part)")
+        raise ManifestError(f"{what} '{shown}' leaves the entry folder (or has an empty part)")
     return rel
 
 

@@ -175,9 +175,9 @@ def _stage(art: Artifact) -> Path:
         if not stat.S_ISDIR(info.st_mode) or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
             _discard(stage)
     try:
-        stage.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(stage, 0o700)
-        (stage / "raw").mkdir(mode=0o700, exist_ok=True)
+        for folder in (stage, stage / "raw"):
+            folder.mkdir(mode=0o700, exist_ok=True)  # in a setgid team folder it inherits the group
+            os.chmod(folder, 0o700 | (os.lstat(folder).st_mode & stat.S_ISGID))
     except OSError as err:
         raise BadInputError(f"cannot prepare {stage}: {err.strerror or err}") from None
     keep = {f"raw/{art.filename}.partial", f"raw/{art.filename}.partial.meta"}

@@ -35,11 +35,15 @@ def _python(code: str, env: dict, **kwargs) -> subprocess.CompletedProcess:
 
 
 def test_files_dirs_and_locks_follow_the_umask(mirror):
-    """umask 002: group-writable (0664 files, 0775 folders); umask 022: 0644 / 0755."""
+    """Cache files are read-only for everyone the umask lets read them (0444 under umask 002
+    or 022, 0440 under 027): they are replaced by renaming a new entry into place, never
+    written in place, so a memory-mapped model never sees its file change. Folders and
+    locks follow the umask: umask 002 makes them group-writable (0775 / 0664), which is
+    what a team cache needs; 022 gives 0755 / 0644."""
     mirror.serve("mscan-t")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     code = "import segnext_hub; segnext_hub.pull('mscan-t', progress=False)"
-    for umask, file_bits, dir_bits in ((0o002, 0o664, 0o775), (0o022, 0o644, 0o755)):
+    for umask, file_bits, dir_bits in ((0o002, 0o444, 0o775), (0o022, 0o444, 0o755), (0o027, 0o440, 0o750)):
         root = cache.cache_root()
         shutil.rmtree(root, ignore_errors=True)
         done = _python(code, env, umask=umask)
@@ -50,7 +54,7 @@ def test_files_dirs_and_locks_follow_the_umask(mirror):
         raw = next((folder / "raw").glob("*.pth"))
         assert _mode(raw) == file_bits
         for lock in (root / ".locks").iterdir():
-            assert _mode(lock) == file_bits, lock
+            assert _mode(lock) == 0o666 & ~umask, lock
         for sub in (root, folder, folder / "raw", root / ".locks"):
             assert _mode(sub) == dir_bits, sub
 
@@ -121,7 +125,7 @@ def test_a_second_user_loads_verifies_pulls_and_repairs_in_a_group_shared_cache(
         first = _python("import segnext_hub; segnext_hub.pull('mscan-t', progress=False)", env, umask=0o002)
         assert first.returncode == 0, first.stderr[-800:]
         model = group / "cache/mscan-t/model.safetensors"
-        assert model.stat().st_uid == 0 and model.stat().st_gid == NOBODY and _mode(model) == 0o664
+        assert model.stat().st_uid == 0 and model.stat().st_gid == NOBODY and _mode(model) == 0o444
 
         second = subprocess.run([sys.executable, "-c", AS_SECOND_USER, "load", "verify", "pull-other"], env=env,
                                 cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -130,7 +134,7 @@ def test_a_second_user_loads_verifies_pulls_and_repairs_in_a_group_shared_cache(
         assert out == {"uid": NOBODY, "loaded": "SegNeXt", "verify": [],
                        "pulled": str(group / "cache/mscan-t-in1k")}
         b_model = group / "cache/mscan-t-in1k/model.safetensors"
-        assert b_model.stat().st_uid == NOBODY and _mode(b_model) == 0o664
+        assert b_model.stat().st_uid == NOBODY and _mode(b_model) == 0o444
 
         # A's file is damaged; B repairs it with a plain pull (the folder is group-writable).
         with open(model, "r+b") as handle:
