@@ -270,22 +270,8 @@ def read_folder(folder: Path) -> tuple[ArtifactConfig, dict[str, torch.Tensor]]:
     config_file, weights = folder / CONFIG_FILE, folder / MODEL_FILE
     if not config_file.is_file() or not weights.is_file():
         raise BadInputError(f"{folder} has no {MODEL_FILE} + {CONFIG_FILE}")
-    config = check_fits(read_config(config_file), str(config_file))
+    config = read_config(config_file)  # values bounded, MD_R within the head (ArtifactConfig)
     return config, map_safetensors(weights)  # BadInputError naming the file when unreadable
-
-
-def check_fits(config: ArtifactConfig, where: str) -> ArtifactConfig:
-    """``config`` when a model can be built from it: its MD_R within the head's channels.
-
-    Raises:
-        BadInputError: one line naming the field and ``where`` it was read.
-    """
-    if config.md_r is not None and not config.is_backbone:
-        try:
-            check_md_r(get_variant(config.variant), config.md_r)
-        except ValueError as err:
-            raise BadInputError(f"{where}: {err}") from None
-    return config
 
 
 def read_cached(name: str, *, progress: Optional[bool] = None) -> tuple[ArtifactConfig, dict[str, torch.Tensor]]:
@@ -304,9 +290,9 @@ def read_cached(name: str, *, progress: Optional[bool] = None) -> tuple[Artifact
             # Only what a load reads: a damaged training log must not stop inference.
             manifest = entry.complete_manifest(only=(CONFIG_FILE, MODEL_FILE))  # damage: one line + repair
             if manifest is not None:
-                config = entry.read_config()
+                config = entry.read_config()  # a value out of range: damage naming the field
                 try:
-                    return check_fits(config, CONFIG_FILE), map_safetensors(entry.weights)
+                    return config, map_safetensors(entry.weights)
                 except BadInputError as err:
                     raise entry.damaged(str(err).replace(f"{entry.folder}/", "")) from None
         if attempt:
@@ -332,7 +318,7 @@ def load_file_path(path: Path, **kwargs: Any) -> nn.Module:
         meta = safetensors_metadata(path)
         config = ArtifactConfig.from_metadata(meta, f"{path} metadata")
         if config is not None and meta.get("layout", "mmseg") == "mmseg":  # other layouts are converted
-            return build_from_config(check_fits(config, f"{path} metadata"), map_safetensors(path), **kwargs)
+            return build_from_config(config, map_safetensors(path), **kwargs)
     conversion = convert_checkpoint(read_checkpoint(path), md_r=kwargs.get("md_r"))  # reads its own record
     return build_from_config(conversion.artifact_config(path.stem), conversion.tensors, **kwargs)
 

@@ -160,9 +160,12 @@ class CacheEntry:
         return manifest
 
     def state(self) -> tuple[str, Optional[Manifest], str]:
-        """(CACHED | NOT_CACHED | DAMAGED, manifest or None, the damage in words)."""
+        """(CACHED | NOT_CACHED | DAMAGED, manifest or None, the damage in words); a
+        config.json a load would refuse (a value out of range) is damage too."""
         try:
             manifest = self.complete_manifest()
+            if manifest is not None:
+                self.read_config()
         except DamagedEntryError as err:
             return DAMAGED, None, str(err)
         return (CACHED if manifest else NOT_CACHED), manifest, ""

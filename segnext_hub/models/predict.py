@@ -29,6 +29,25 @@ from .preprocessing import (
     resize_for_test,
 )
 
+#: Test-time sizes (resize scale, slide crop and stride), in pixels per side: 32..8192, as
+#: segnext_hub.config bounds them in files. A 1-pixel stride would slide for ever, a 0 one
+#: divides by zero, and a 10^5 scale asks for hundreds of GB of logits.
+MIN_SIDE, MAX_SIDE = 32, 8192
+
+
+def check_sizes(**sizes: Optional[Sequence[int]]) -> None:
+    """Each given size (``scale=``, ``crop_size=``, ``stride=``; None skipped) must be two
+    integers in ``MIN_SIDE..MAX_SIDE``; else a ValueError naming it."""
+    for name, value in sizes.items():
+        if value is None:
+            continue
+        ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and MIN_SIDE <= v <= MAX_SIDE for v in value)
+        if not ok:
+            raise ValueError(f"{name} {tuple(value) if isinstance(value, (tuple, list)) else value!r} must be two "
+                             f"integers in {MIN_SIDE}..{MAX_SIDE} (pixels)")
+
+
 # One generator for every image (consumed in image order), None (the global RNG, or the
 # model's set_generator), or one generator (or None) per image.
 Generators = Union[None, torch.Generator, Sequence[Optional[torch.Generator]]]
@@ -125,6 +144,7 @@ class SegmentationInference:
         ``batch_size`` > 1 forwards same-size inputs together; each image's bases are
         drawn as at batch size 1, so the masks are the same.
         """
+        check_sizes(scale=scale)
         if isinstance(images, (np.ndarray, Tensor)) and looks_like_single_image(images):
             images = [images]
         resized = [resize_for_test(image, scale) for image in images]
@@ -149,6 +169,8 @@ class SegmentationInference:
             raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if mode == "slide":
+            check_sizes(crop_size=crop_size, stride=stride)
         gens = _per_image(generator, len(images))
         device = next(self.parameters()).device
         dtype = next(self.parameters()).dtype

@@ -31,6 +31,7 @@ import torch
 from ..datasets import get_dataset, label_space
 from ..datasets import reduce_zero_label as shift_zero_label
 from ..errors import BadInputError
+from ..models.predict import MAX_SIDE, MIN_SIDE
 from ..models.preprocessing import ResizedImage, resize_for_test
 from ..progress import progress_bar
 from .distributed import all_sum, current_world, raise_if_any_failed, shard
@@ -232,8 +233,8 @@ def _pair(value: Optional[Sequence[int]], default: tuple[int, int], what: str) -
         a, b = (int(v) for v in value)
     except (TypeError, ValueError):
         raise BadInputError(f"{what} must be two integers, got {value!r}") from None
-    if a < 1 or b < 1:
-        raise BadInputError(f"{what} must be positive, got {value!r}")
+    if not (MIN_SIDE <= a <= MAX_SIDE and MIN_SIDE <= b <= MAX_SIDE):
+        raise BadInputError(f"{what} must be two integers in {MIN_SIDE}..{MAX_SIDE} (pixels), got {value!r}")
     return a, b
 
 
@@ -337,6 +338,8 @@ def evaluate(
     must call this; each evaluates its share and all return the same result.
     ``progress`` None shows a bar on a terminal only (rank 0 only, counting all ranks).
     """
+    for given, what in ((scale, "scale"), (crop_size, "crop size"), (stride, "stride")):
+        _pair(given, (MIN_SIDE, MIN_SIDE), what)  # before any file is listed or read
     layout, root, samples = iter_samples(data_dir, dataset, limit)
     info = get_dataset(layout.name)
     num_classes = int(model.num_classes)
