@@ -108,3 +108,23 @@ def test_evaluate_and_its_cli_refuse_sizes_outside_the_documented_range(tmp_path
         evaluate(model, tmp_path, dataset="ade20k", mode="slide", stride=(1, 1))
     code, _, err = cli("eval", "mscan-t", str(tmp_path), "--stride", "1", "1")
     assert code == 2 and "1 is not in the range 32<=x<=8192" in err, err
+
+
+@pytest.mark.parametrize("md_r", [300, 10**6])
+def test_md_r_beyond_the_head_in_a_checkpoints_config_text_is_bad_input(tmp_path, md_r):
+    """A checkpoint whose meta config says MD_R=300 (or 10^6) for a T: load(path) and
+    segnext-convert say so in one line naming the file and where the value was read
+    (before: a bare ValueError, or a 16 GB allocation at predict)."""
+    from segnext_hub.cli.convert import main as convert_cli
+    from tests.helpers import factory
+
+    state = factory.mmseg_state("t", seed=0, num_classes=150, md_r=16)
+    path = tmp_path / "wide.pth"
+    path.write_bytes(factory.to_bytes(factory.mmengine_checkpoint(state, variant="t", md_r=md_r, seed=1, classes=None,
+                                                                  palette=None, num_classes=150)))
+    words = f"md_r {md_r} is more than SegNeXt-T's 256 head channels (read from checkpoint meta"
+    with pytest.raises(BadInputError, match=r"wide.pth: " + words.replace("(", r"\(")):
+        segnext_hub.load(path)
+    result = CliRunner().invoke(convert_cli, [str(path), str(tmp_path / "out.safetensors")])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1 and words in result.stderr, result.stderr
+    assert not (tmp_path / "out.safetensors").exists()
