@@ -73,7 +73,7 @@ def predict(name_or_path: str, images: tuple[str, ...], out_dir: str, mode: Opti
 @click.option("--scale", nargs=2, type=click.IntRange(min=32, max=8192), metavar="LONG SHORT",
               help="Keep-ratio test resize bounds. Default: the dataset's (ADE20K 2048 512, Cityscapes 2048 1024).")
 @click.option("--crop-size", nargs=2, type=click.IntRange(min=32, max=8192), metavar="H W", help="Slide window size.")
-@click.option("--stride", nargs=2, type=click.IntRange(min=32, max=8192), metavar="H W", help="Slide window step.")
+@click.option("--stride", nargs=2, type=click.IntRange(min=8, max=8192), metavar="H W", help="Slide window step.")
 @click.option("--seed", type=int, default=None,
               help="The run's seed; image i's NMF bases come from a generator seeded from (SEED, i).")
 @click.option("--rng", type=click.Choice(["image", "sequential"]), default="image", show_default=True,

@@ -31,7 +31,7 @@ import torch
 from ..datasets import get_dataset, label_space
 from ..datasets import reduce_zero_label as shift_zero_label
 from ..errors import BadInputError
-from ..models.predict import MAX_SIDE, MIN_SIDE
+from ..models.predict import MAX_SIDE, MIN_SIDE, MIN_STRIDE
 from ..models.preprocessing import ResizedImage, resize_for_test
 from ..progress import progress_bar
 from .distributed import all_sum, current_world, raise_if_any_failed, shard
@@ -233,8 +233,9 @@ def _pair(value: Optional[Sequence[int]], default: tuple[int, int], what: str) -
         a, b = (int(v) for v in value)
     except (TypeError, ValueError):
         raise BadInputError(f"{what} must be two integers, got {value!r}") from None
-    if not (MIN_SIDE <= a <= MAX_SIDE and MIN_SIDE <= b <= MAX_SIDE):
-        raise BadInputError(f"{what} must be two integers in {MIN_SIDE}..{MAX_SIDE} (pixels), got {value!r}")
+    low = MIN_STRIDE if what == "stride" else MIN_SIDE
+    if not (low <= a <= MAX_SIDE and low <= b <= MAX_SIDE):
+        raise BadInputError(f"{what} must be two integers in {low}..{MAX_SIDE} (pixels), got {value!r}")
     return a, b
 
 

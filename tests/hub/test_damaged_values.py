@@ -86,8 +86,9 @@ def test_md_r_beyond_the_head_in_safetensors_metadata_names_the_field_and_file(t
     (dict(scale=(100_000, 100_000)), "scale (100000, 100000) must be two integers in 32..8192"),
     (dict(scale=(0, 0)), "scale (0, 0) must be two integers"),
     (dict(mode="slide", crop_size=(1, 1), stride=(1, 1)), "crop_size (1, 1) must be two integers"),
-    (dict(mode="slide", stride=(0, 0)), "stride (0, 0) must be two integers"),
-    (dict(mode="slide", stride=(1, 1)), "stride (1, 1) must be two integers"),
+    (dict(mode="slide", stride=(0, 0)), "stride (0, 0) must be two integers in 8..8192"),
+    (dict(mode="slide", stride=(1, 1)), "stride (1, 1) must be two integers in 8..8192"),
+    (dict(mode="slide", scale=(1024, 1024), crop_size=(32, 32), stride=(8, 8)), "12875 windows .* at most 4096"),
 ])
 def test_predict_refuses_sizes_outside_the_documented_range(kwargs, words):
     model = segnext_hub.create_model("t", num_classes=2)
@@ -104,10 +105,10 @@ def test_evaluate_and_its_cli_refuse_sizes_outside_the_documented_range(tmp_path
     model = segnext_hub.create_model("t", num_classes=150)
     for sub in ("images/validation", "annotations/validation"):
         (tmp_path / sub).mkdir(parents=True)
-    with pytest.raises(BadInputError, match=r"stride must be two integers in 32..8192"):
+    with pytest.raises(BadInputError, match=r"stride must be two integers in 8..8192"):
         evaluate(model, tmp_path, dataset="ade20k", mode="slide", stride=(1, 1))
     code, _, err = cli("eval", "mscan-t", str(tmp_path), "--stride", "1", "1")
-    assert code == 2 and "1 is not in the range 32<=x<=8192" in err, err
+    assert code == 2 and "1 is not in the range 8<=x<=8192" in err, err
 
 
 @pytest.mark.parametrize("md_r", [300, 10**6])
