@@ -179,7 +179,7 @@ def cuda_timed(model: Callable[[torch.Tensor], object], x: torch.Tensor) -> Call
 
 
 def bench_gpu(variant: str, args: argparse.Namespace) -> list[tuple[str, int, dict[str, float]]]:
-    """Frames per second of exact fp32, fused fp32 and fused bf16, per batch size."""
+    """Frames per second of exact fp32 and fused fp32 / bf16 / fp16, per batch size."""
     md_r = args.md_r if args.md_r is not None else get_variant(variant).md_r_mmseg
     exact = randomize_(create_model(variant, md_r=md_r), seed=args.seed).cuda()
 
@@ -191,6 +191,7 @@ def bench_gpu(variant: str, args: argparse.Namespace) -> list[tuple[str, int, di
         "exact fp32": exact_fp32,
         "fused fp32": fuse(exact, cuda_graphs=args.cuda_graphs),
         "fused bf16": fuse(exact, autocast_dtype=torch.bfloat16, cuda_graphs=args.cuda_graphs),
+        "fused fp16": fuse(exact, autocast_dtype=torch.float16, cuda_graphs=args.cuda_graphs),
     }
     rows = []
     for batch in args.gpu_batches:

@@ -30,8 +30,9 @@ TEST_MODES = ("whole", "slide")
 MAX_CLASSES = 4096
 #: Largest NMF rank read from a file: no published head is wider than 1024 channels.
 MAX_MD_R = 1024
-#: The decode head's width per variant (models.variants' ham_channels; a test keeps them
-#: equal): an NMF rank above it only asks for memory, so a file saying so is refused.
+#: The decode head's default width per variant (models.variants' ham_channels; a test keeps
+#: them equal), when ``ham_channels`` is None: an NMF rank above the width only asks for
+#: memory, so a file saying so is refused.
 HEAD_CHANNELS = {"t": 256, "s": 256, "b": 512, "l": 1024}
 #: Test-time sizes (resize scale, crop, stride), in pixels: from 32 to 8192 per side.
 MIN_SIDE, MAX_SIDE = 32, 8192
@@ -48,6 +49,14 @@ def _count(name: str, value: Any, limit: int) -> Optional[int]:
     if value is None:
         return None
     _check(type(value) is int and 1 <= value <= limit, name, value, f"must be an integer in 1..{limit}")
+    return value
+
+
+def _width(name: str, value: Any) -> Optional[int]:
+    if value is None:
+        return None
+    _check(type(value) is int and 32 <= value <= MAX_MD_R and value % 32 == 0, name, value,
+           f"must be a multiple of 32 in 32..{MAX_MD_R} (the head's GroupNorm has 32 groups)")
     return value
 
 
@@ -108,7 +117,7 @@ def _weights(name: str, value: Any) -> tuple[str, ...]:
 
 
 #: Fields that metadata stores as JSON (numbers, lists); the rest are plain strings.
-_JSON_FIELDS = frozenset({"num_classes", "md_r", "classes", "palette", "training_seed", "resize_scale",
+_JSON_FIELDS = frozenset({"num_classes", "md_r", "ham_channels", "classes", "palette", "training_seed", "resize_scale",
                           "test_crop_size", "test_stride", "new_weights"})
 
 
@@ -128,6 +137,7 @@ class ArtifactConfig:
     num_classes: Optional[int] = None
     md_r: Optional[int] = None
     md_r_source: Optional[str] = None
+    ham_channels: Optional[int] = None  # the decode head's width; None: the variant's
     name: Optional[str] = None
     architecture: str = ARCHITECTURE
     dataset: Optional[str] = None
@@ -156,6 +166,7 @@ class ArtifactConfig:
         checked = {
             "num_classes": _count("num_classes", self.num_classes, MAX_CLASSES),
             "md_r": _count("md_r", self.md_r, MAX_MD_R),
+            "ham_channels": _width("ham_channels", self.ham_channels),
             "classes": _names("classes", self.classes),
             "palette": _palette("palette", self.palette),
             "training_seed": _seed("training_seed", self.training_seed),
@@ -169,9 +180,8 @@ class ArtifactConfig:
                      "source_layout", "source_url", "license", "segnext_hub_version", "pretrained_backbone"):
             _text(name, getattr(self, name))
         if checked["md_r"] is not None:
-            width = HEAD_CHANNELS[self.variant]
-            _check(checked["md_r"] <= width, "md_r", checked["md_r"],
-                   f"is more than SegNeXt-{self.variant.upper()}'s {width} head channels")
+            width = checked["ham_channels"] or HEAD_CHANNELS[self.variant]
+            _check(checked["md_r"] <= width, "md_r", checked["md_r"], f"is more than the head's {width} channels")
         if self.kind == "segmentor":
             _check(self.num_classes is not None, "num_classes", None, "is required for a segmentor")
             for name in ("classes", "palette"):
@@ -217,7 +227,8 @@ class ArtifactConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}  # later versions may add fields
         if values.get("kind") == "backbone":  # older files wrote explicit nulls; keep them out
-            values = {k: v for k, v in values.items() if k not in ("num_classes", "md_r") or v is not None}
+            values = {k: v for k, v in values.items()
+                      if k not in ("num_classes", "md_r", "ham_channels") or v is not None}
         try:
             return cls(**values)
         except (TypeError, ValueError) as err:
@@ -264,7 +275,7 @@ class ArtifactConfig:
             except ValueError:
                 raise BadInputError(f"{where}: {f.name} {raw[:40]!r} is not readable") from None
         if values.get("kind", "segmentor") == "backbone":
-            for key in ("num_classes", "md_r", "classes", "palette", "dataset"):
+            for key in ("num_classes", "md_r", "ham_channels", "classes", "palette", "dataset"):
                 values.pop(key, None)
         for key in ("classes", "palette"):
             if key in values:

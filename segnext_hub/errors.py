@@ -61,3 +61,28 @@ class RemovedWhileLoading(SegnextHubError):
     our read; the user decides whether to pull it again. Exit 2."""
 
     exit_code = 2
+
+
+class UnreachableError(DownloadError):
+    """The host could not be reached at all (DNS failure, connection refused); not retried. Exit 2."""
+
+
+# Cc (C0, DEL, C1), line/paragraph separators and the bidirectional overrides: characters
+# that move the cursor, clear the screen or reorder what a terminal shows.
+_UNPRINTABLE = {*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+_ESCAPES = {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+
+
+def printable(value: object) -> str:
+    """``str(value)`` with control characters escaped (``\\x1b``, ``\\n``, ``\\u202e``).
+
+    Text read from files (a manifest, a training log, a checkpoint's meta) may be written
+    by someone else: printed raw, an escape sequence could clear the screen or fake a line
+    such as "hash status: sha256 pinned, matched". Everything the CLI shows from a file
+    goes through this (see ``cli/common.py::shown``).
+    """
+    text = str(value)
+    if not any(ord(ch) in _UNPRINTABLE for ch in text):
+        return text
+    return "".join(_ESCAPES.get(ord(ch), f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+                   if ord(ch) in _UNPRINTABLE else ch for ch in text)

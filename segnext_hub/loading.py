@@ -97,12 +97,14 @@ class _Skeleton:
 
 
 @functools.lru_cache(maxsize=16)
-def _meta_skeleton(variant: str, num_classes: int, md_r: Optional[int], backbone_only: bool) -> _Skeleton:
+def _meta_skeleton(variant: str, num_classes: int, md_r: Optional[int], backbone_only: bool,
+                   ham_channels: Optional[int] = None) -> _Skeleton:
     """Building the module tree costs more than reading the weights (the Python overhead
     of ~900 ``__init__`` calls, ~0.3 s for L); it is built once per (variant, classes,
-    MD_R, kind) on the meta device, and every load stamps out a copy of it."""
+    MD_R, kind, head width) on the meta device, and every load stamps out a copy of it."""
     with torch.device("meta"):
-        template = build_model(variant, num_classes=num_classes, md_r=md_r, backbone_only=backbone_only)
+        template = build_model(variant, num_classes=num_classes, md_r=md_r, backbone_only=backbone_only,
+                               ham_channels=ham_channels)
     return _plan(template)
 
 
@@ -195,12 +197,13 @@ def build_from_config(config: ArtifactConfig, state: dict[str, torch.Tensor], *,
     """An eval-mode model from its config and MMSeg-named tensors; ``md_r`` overrides the config's."""
     backbone_only = config.is_backbone
     rank = md_r if md_r is not None else config.md_r
+    width = None if backbone_only else config.ham_channels  # None: the variant's (older configs)
     if md_r is not None and not backbone_only:
         try:
-            check_md_r(get_variant(config.variant), md_r)
+            check_md_r(md_r, width or get_variant(config.variant).ham_channels)
         except ValueError as err:
             raise BadInputError(f"md_r argument: {err}") from None
-    skeleton = _meta_skeleton(config.variant, config.num_classes or 150, rank, backbone_only)
+    skeleton = _meta_skeleton(config.variant, config.num_classes or 150, rank, backbone_only, width)
     check_keys(state, skeleton.expected)
     model = _copy_with_weights(skeleton, _place(state, device, dtype))
     if md_r is not None and not backbone_only:
@@ -325,7 +328,7 @@ def load_file_path(path: Path, **kwargs: Any) -> nn.Module:
 
 def load(name_or_path: Union[str, Path], *, device: Union[str, torch.device] = "cpu",
          dtype: Optional[torch.dtype] = None, md_r: Optional[int] = None, num_classes: Optional[int] = None,
-         progress: Optional[bool] = None, fast: bool = False) -> nn.Module:
+         progress: Optional[bool] = None, fast: bool = False, mmap: bool = True) -> nn.Module:
     """An eval-mode SegNeXt (or MSCAN for backbone artifacts) ready for inference.
 
     ``name_or_path``: a registry name (pulled into the cache if needed, see
@@ -336,8 +339,17 @@ def load(name_or_path: Union[str, Path], *, device: Union[str, torch.device] = "
     0.01, bias 0, from the global RNG) when it differs from the artifact's classes; call
     ``.train()`` on the result. ``fast=True`` returns the fused inference-only model
     (folded norms, fused kernels; equal up to rounding, see README "Fast inference").
+    ``mmap=False`` copies the weights into memory of their own instead of mapping the file:
+    a mapped model follows a rewrite of its file in place, and truncating the file kills
+    the process with SIGBUS (docs/reliability.md).
     """
     model = _load_exact(name_or_path, device=device, dtype=dtype, md_r=md_r, progress=progress)
+    if not mmap:
+        for module in model.modules():  # own memory: nothing refers to the file any more
+            for table in (module._parameters, module._buffers):
+                for key, tensor in table.items():
+                    if tensor is not None:
+                        tensor.data = tensor.data.clone()
     if num_classes is not None:
         _use_classes(model, num_classes, name_or_path)
     if not fast:
@@ -375,7 +387,7 @@ def _use_classes(model: nn.Module, num_classes: int, source: Union[str, Path]) -
 
 def create_model(variant: Union[str, Variant], *, num_classes: int = 150, md_r: Optional[int] = None,
                  backbone_only: bool = False, pretrained_backbone: Union[str, Path, None] = None,
-                 progress: Optional[bool] = None) -> nn.Module:
+                 progress: Optional[bool] = None, ham_channels: Optional[int] = None) -> nn.Module:
     """A new SegNeXt (or MSCAN), initialised as MMSeg initialises one, in eval mode.
 
     ``pretrained_backbone`` (a registry name such as ``mscan-b-in1k``, a path in any
@@ -384,18 +396,20 @@ def create_model(variant: Union[str, Variant], *, num_classes: int = 150, md_r: 
     every backbone tensor is used (a segmentor artifact gives its backbone). The head
     stays newly initialised; its tensor names are listed in
     ``model.segnext_config.new_weights`` (and logged at INFO). ``md_r=None`` is the
-    variant's default rank; MMSeg's 1.x configs train every size with 16.
+    variant's default rank; MMSeg's 1.x configs train every size with 16. ``ham_channels``
+    is the decode head's width (None: the variant's; PaddleSeg's configs use 256 for every size).
     """
     spec = variant if isinstance(variant, Variant) else get_variant(variant)
     try:
         model = build_model(spec, num_classes=_check_num_classes(num_classes), md_r=md_r,
-                            backbone_only=backbone_only)
-    except ValueError as err:  # md_r out of range: bad input, one line
+                            backbone_only=backbone_only, ham_channels=ham_channels)
+    except ValueError as err:  # md_r or ham_channels out of range: bad input, one line
         raise BadInputError(str(err)) from None
     config = ArtifactConfig(
         variant=spec.name, kind="backbone" if backbone_only else "segmentor",
         num_classes=None if backbone_only else num_classes,
         md_r=None if backbone_only else model.decode_head.md_r,
+        ham_channels=None if backbone_only else model.decode_head.ham_channels,
         md_r_source=None if backbone_only else (
             f"create_model(md_r={md_r})" if md_r is not None else "create_model default (the variant's)"),
         new_weights=tuple(model.state_dict()))

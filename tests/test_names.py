@@ -36,7 +36,7 @@ def test_aliases_resolve(alias, name):
 @pytest.mark.parametrize("alias, candidates", [
     ("segnext-b-ade", "mscan-b, mscan-b-ade20k-official, mscan-b-ade20k-jittor"),
     ("segnext_base_512x512_ade_160k", "mscan-b, mscan-b-ade20k-official, mscan-b-ade20k-jittor"),
-    ("segnext-l-cityscapes", "mscan-l-cityscapes-official, mscan-l-cityscapes-jittor"),
+    ("segnext-l-cityscapes", "mscan-l-cityscapes-official, mscan-l-cityscapes-jittor, mscan-l-cityscapes-paddle"),
 ])
 def test_ambiguous_aliases_list_the_candidates(alias, candidates):
     with pytest.raises(BadInputError, match=f"is ambiguous: did you mean {candidates}\\?$"):

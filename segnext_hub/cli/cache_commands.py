@@ -13,7 +13,7 @@ from typing import Optional
 
 import click
 
-from .common import command_options
+from .common import command_options, shown, shown_lines
 
 
 def _mib(size: Optional[int]) -> str:
@@ -64,7 +64,7 @@ def pull(names: tuple[str, ...], strict: bool, force: bool, quiet: bool) -> None
 
     for name in names:
         result = pull_artifact(name, strict=strict, force=force, progress=False if quiet else None)
-        click.echo(str(result.path))
+        click.echo(shown(str(result.path)))
 
 
 @click.command()
@@ -80,7 +80,7 @@ def path(name: str) -> None:
     art = get_artifact(name)
     if cached_manifest(art.name) is None:
         raise BadInputError(f"{art.name} is not cached; run: segnext-hub pull {art.name}")
-    click.echo(str(artifact_dir(art.name)))
+    click.echo(shown(str(artifact_dir(art.name))))
 
 
 @click.command()
@@ -127,26 +127,26 @@ def info(name: str, as_json: bool) -> None:
     for key, value in data["artifact"].items():
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
-        click.echo(f"{key:<15} {value}")
-    shown = {"cached": f"yes: {data.get('path')}", "damaged": f"DAMAGED: {problem}"}.get(state, "no")
-    click.echo(f"{'cached':<15} {shown}")
+        click.echo(shown(f"{key:<15} {value}"))
+    state_text = {"cached": f"yes: {data.get('path')}", "damaged": f"DAMAGED: {problem}"}.get(state, "no")
+    click.echo(shown(f"{'cached':<15} {state_text}"))
     if data["md_r"] is not None:
-        click.echo(f"{'MD_R':<15} {data['md_r']} ({data['md_r_source']})")
+        click.echo(shown(f"{'MD_R':<15} {data['md_r']} ({data['md_r_source']})"))
     if manifest:
         seed = data["training_seed"]
-        click.echo(f"{'training seed':<15} " + (f"{seed} ({data['training_seed_source']})" if seed is not None
-                                                 else "not recorded"))
+        click.echo(shown(f"{'training seed':<15} " + (f"{seed} ({data['training_seed_source']})" if seed is not None
+                                                       else "not recorded")))
     for line in data["record_warnings"]:
-        click.echo(f"warning: {line}", err=True)
+        click.echo(shown(f"warning: {line}"), err=True)
     if manifest:
-        click.echo(f"{'sha256':<15} {data['raw_sha256']}")
-        click.echo(f"{'hash status':<15} {data['hash_status']}")
+        click.echo(shown(f"{'sha256':<15} {data['raw_sha256']}"))
+        click.echo(shown(f"{'hash status':<15} {data['hash_status']}"))
         ver = data.get("verification") or {}
-        click.echo(f"{'verified':<15} {ver.get('verified')} (max abs diff {ver.get('max_abs_diff')})")
+        click.echo(shown(f"{'verified':<15} {ver.get('verified')} (max abs diff {ver.get('max_abs_diff')})"))
         if "log" in data:
             log = data["log"]
-            click.echo(f"{'log':<15} best mIoU {log.get('best_miou')} @ {log.get('best_miou_iter')}, "
-                       f"final {log.get('final_miou')}, seed {log.get('seed')}, MD_R {log.get('md_r')}")
+            click.echo(shown(f"{'log':<15} best mIoU {log.get('best_miou')} @ {log.get('best_miou_iter')}, "
+                             f"final {log.get('final_miou')}, seed {log.get('seed')}, MD_R {log.get('md_r')}"))
 
 
 @click.command()
@@ -169,9 +169,9 @@ def verify(names: tuple[str, ...]) -> None:
     for name in targets:
         found = verify_cached(name)
         problems.extend(found)
-        click.echo(f"{name}: {'OK' if not found else 'FAILED'}")
+        click.echo(shown(f"{name}: {'OK' if not found else 'FAILED'}"))
     for problem in problems:
-        click.echo(f"error: {problem}", err=True)
+        click.echo(shown(f"error: {problem}"), err=True)
     if problems:
         sys.exit(1)
 
@@ -186,7 +186,7 @@ def rm(names: tuple[str, ...]) -> None:
 
     for name in names:
         art = get_artifact(name)
-        click.echo(f"{art.name}: {'removed' if remove_artifact(art.name) else 'was not cached'}")
+        click.echo(shown(f"{art.name}: {'removed' if remove_artifact(art.name) else 'was not cached'}"))
 
 
 @click.command()
@@ -218,6 +218,6 @@ def log(name_or_file: str, plot_path: Optional[str], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2, default=str))
     else:
-        click.echo(format_summary(summary))
+        click.echo(shown_lines(format_summary(summary)))
         if plot_path:
-            click.echo(f"plot: {plot_path}")
+            click.echo(shown(f"plot: {plot_path}"))

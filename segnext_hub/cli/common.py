@@ -10,7 +10,7 @@ from typing import Any, Callable, TypeVar
 
 import click
 
-from ..errors import SegnextHubError
+from ..errors import SegnextHubError, printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -24,7 +24,7 @@ class _StderrHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             prefix = getattr(record, "cli_prefix", None) or record.levelname.lower()
-            click.echo(f"{prefix}: {record.getMessage()}", err=True)
+            click.echo(f"{prefix}: {shown(record.getMessage())}", err=True)
         except Exception:  # noqa: BLE001 - logging must never break a command
             self.handleError(record)
 
@@ -36,6 +36,22 @@ def show_library_warnings() -> None:
     if not any(isinstance(h, _StderrHandler) for h in package.handlers):
         handler = _StderrHandler(logging.WARNING)
         package.addHandler(handler)
+
+
+def shown(value: Any) -> str:
+    """``value`` as the CLI prints it: control characters escaped (``\\x1b``, ``\\n``).
+
+    Every string that comes from a file (a manifest, config.json, a training log, a
+    checkpoint's meta, an error message quoting them) goes through this before it reaches
+    the terminal, so a group member who edits a shared cache cannot clear the screen or
+    fake a line such as "hash status  sha256 pinned, matched".
+    """
+    return printable(value)
+
+
+def shown_lines(text: str) -> str:
+    """Multi-line text (a report, a table) with each line passed through :func:`shown`."""
+    return "\n".join(shown(line) for line in str(text).splitlines())
 
 
 def handle_errors(func: F) -> F:
@@ -54,7 +70,7 @@ def handle_errors(func: F) -> F:
         except SegnextHubError as err:
             if debug:
                 traceback.print_exc()
-            click.echo(f"error: {err}", err=True)
+            click.echo(f"error: {shown(err)}", err=True)
             sys.exit(err.exit_code)
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
@@ -65,7 +81,7 @@ def handle_errors(func: F) -> F:
             if debug:
                 traceback.print_exc()
             message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            click.echo(f"error: {type(err).__name__}: {message} (rerun with --debug for details)", err=True)
+            click.echo(f"error: {type(err).__name__}: {shown(message)} (rerun with --debug for details)", err=True)
             sys.exit(2)
 
     return wrapper  # type: ignore[return-value]

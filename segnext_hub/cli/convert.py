@@ -8,7 +8,7 @@ import click
 
 from .._version import __version__
 from ..conversion.layouts import layout_names
-from .common import command_options
+from .common import command_options, shown_lines
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -66,7 +66,7 @@ def main(src: str, dst: str, from_layout: str, to: str, variant: str, num_classe
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
-        click.echo(report.format_text())
+        click.echo(shown_lines(report.format_text()))
 
 
 if __name__ == "__main__":

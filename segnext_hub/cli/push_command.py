@@ -6,7 +6,7 @@ from typing import Optional
 
 import click
 
-from .common import command_options
+from .common import command_options, shown
 
 
 @click.command()
@@ -21,7 +21,7 @@ from .common import command_options
 @click.option("-m", "--message", "commit_message", metavar="TEXT", help="Commit message.")
 @click.option("--folder-only", "folder", metavar="DIR", type=click.Path(file_okay=False),
               help="Write the folder to DIR for review and upload nothing.")
-@click.option("--force", is_flag=True, help="With --folder-only: replace an existing DIR.")
+@click.option("--force", is_flag=True, help="With --folder-only: replace DIR when it is an earlier export (never other folders).")
 @command_options
 def push(name_or_path: str, repo_id: Optional[str], private: bool, token: Optional[str],
          endpoint: Optional[str], commit_message: Optional[str], folder: Optional[str], force: bool) -> None:
@@ -51,7 +51,7 @@ def push(name_or_path: str, repo_id: Optional[str], private: bool, token: Option
 
     if folder is not None:
         out = export_folder(name_or_path, folder, force=force, repo_id=repo_id)
-        click.echo(str(out))
+        click.echo(shown(out))
         click.echo(f"review {out}/README.md, then: segnext-hub push {out} --repo {repo_id or 'ORG/NAME'}",
                    err=True)
         return

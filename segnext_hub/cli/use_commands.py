@@ -7,7 +7,7 @@ from typing import Optional
 
 import click
 
-from .common import command_options
+from .common import command_options, shown, shown_lines
 
 device_option = click.option("--device", default="cpu", show_default=True,
                              help="torch device, e.g. cpu or cuda / cuda:0.")
@@ -46,22 +46,39 @@ def _load(name_or_path: str, device: str, md_r: Optional[int] = None, fast: bool
 @fast_option
 @batch_option
 @workers_option
+@click.option("--max-megapixels", type=click.FloatRange(min=0, min_open=True), default=50.0, show_default=True,
+              help="Refuse larger images (checked from the header, before decoding); memory grows with it.")
+@click.option("--skip-bad", is_flag=True, help="Go on past images that cannot be read; list them at the end.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @command_options
 def predict(name_or_path: str, images: tuple[str, ...], out_dir: str, mode: Optional[str], seed: Optional[int],
-            device: str, md_r: Optional[int], fast: bool, batch_size: int, workers: int, quiet: bool) -> None:
+            device: str, md_r: Optional[int], fast: bool, batch_size: int, workers: int, max_megapixels: float,
+            skip_bad: bool, quiet: bool) -> None:
     """Segment IMAGES with NAME_OR_PATH (registry name, local file or hf://org/repo).
 
-    Writes a class-index PNG, a colour PNG in the dataset palette and an overlay per image.
-    The seed defaults to 0 so repeated runs give the same masks.
+    Writes a class-index PNG, a colour PNG in the dataset palette and an overlay per image
+    (IMAGE_classes.png, ...; inputs sharing a name get the extension or their folder added,
+    e.g. twin_jpg_classes.png and twin_png_classes.png), and legend.json. Images are
+    decoded as MMSeg's OpenCV reader does (EXIF orientation, 16-bit, CMYK). Without
+    --skip-bad, a bad image stops the run (every header is checked first). The seed
+    defaults to 0 so repeated runs give the same masks.
     """
+    from ..errors import BadInputError
     from ..tasks.inference import predict_files
 
     model = _load(name_or_path, device, md_r, fast)
+    skipped: Optional[list] = [] if skip_bad else None
     written = predict_files(model, images, out_dir, mode=mode, seed=0 if seed is None else seed,
-                            progress=False if quiet else None, batch_size=batch_size, workers=workers)
+                            progress=False if quiet else None, batch_size=batch_size, workers=workers,
+                            max_pixels=int(max_megapixels * 1e6), skipped=skipped)
     for paths in written:
-        click.echo(str(paths["color"]))
+        click.echo(shown(paths["color"]))
+    if skipped:
+        click.echo(f"skipped {len(skipped)} of {len(images)} images:", err=True)
+        for _, reason in skipped:
+            click.echo(f"  {shown(reason)}", err=True)
+    if not written:
+        raise BadInputError(f"none of the {len(images)} images could be read; nothing written")
 
 
 @click.command("eval")
@@ -119,8 +136,8 @@ def eval_command(name_or_path: str, data_dir: str, dataset: Optional[str], aug_t
         if as_json:
             click.echo(json.dumps(dict(result.to_dict(), seed=seed, seed_source=seed_source), indent=2))
         else:
-            click.echo(result.format_table())
-            click.echo(f"seed: {seed} ({seed_source}; rng {rng})")
+            click.echo(shown_lines(result.format_table()))
+            click.echo(shown(f"seed: {seed} ({seed_source}; rng {rng})"))
     finally:
         finish()
 
@@ -128,24 +145,65 @@ def eval_command(name_or_path: str, data_dir: str, dataset: Optional[str], aug_t
 @click.command()
 @click.argument("name_or_path")
 @click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["onnx", "openvino"]), default=None,
+              help="Graph format. Default: openvino for an OUT ending in .xml, else onnx.")
 @click.option("--size", nargs=2, type=click.IntRange(min=32), default=(512, 512), show_default=True,
               metavar="H W", help="Input size traced (the only size a static graph accepts).")
 @click.option("--dynamic", is_flag=True, help="Free batch, height and width axes.")
 @click.option("--bases", type=click.Choice(["input", "constant"]), default="input", show_default=True,
               help="NMF bases as a graph input (you supply them) or a stored constant drawn once.")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True,
-              help="Largest accepted |onnxruntime - PyTorch| logit difference.")
+              help="Largest accepted |runtime - PyTorch| logit difference (fp32 graph).")
+@click.option("--int8", is_flag=True, help="openvino: NNCF int8 post-training quantization (NMF kept in float).")
+@click.option("--calib", type=click.Path(), help="--int8: folder of calibration images (some are held out).")
+@click.option("--min-agreement", type=click.FloatRange(0, 1),
+              help="--int8: fail (exit 1, nothing written) below this held-out argmax agreement with fp32.")
 @click.option("--force", is_flag=True, help="Overwrite OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @command_options
-def export(name_or_path: str, out: str, size: tuple[int, int], dynamic: bool, bases: str, tolerance: float,
-           force: bool, as_json: bool) -> None:
-    """Export to ONNX and check onnxruntime against PyTorch before reporting success.
+def export(name_or_path: str, out: str, fmt: Optional[str], size: tuple[int, int], dynamic: bool, bases: str,
+           tolerance: float, int8: bool, calib: Optional[str], min_agreement: Optional[float], force: bool,
+           as_json: bool) -> None:
+    """Export to ONNX or OpenVINO IR and check the runtime against PyTorch before writing.
 
     The NMF head is random in PyTorch; in the graph its bases are an input named 'bases'
     of shape (batch, channels, rank) (L2-normalised columns) or a constant. Exit 1 when
-    onnxruntime disagrees beyond --tolerance (nothing written).
+    onnxruntime / OpenVINO disagrees beyond --tolerance (nothing written). OpenVINO IR is
+    OUT (.xml) plus its weights (.bin); --int8 --calib DIR quantizes it with NNCF and
+    reports the argmax agreement with fp32 on held-out images of DIR.
     """
+    from ..errors import BadInputError
+
+    fmt = fmt or ("openvino" if out.lower().endswith(".xml") else "onnx")
+    if fmt == "onnx" and (int8 or calib or min_agreement is not None):
+        raise BadInputError("--int8, --calib and --min-agreement need --format openvino")
+    if fmt == "openvino" and int8 and not calib:
+        raise BadInputError("--int8 needs calibration images: --calib DIR")
+    if fmt == "openvino" and calib and not int8:
+        raise BadInputError("--calib is only used with --int8")
+    if fmt == "openvino":
+        from ..tasks.export_openvino import export_openvino
+
+        # Fails early (exit 2, one line) before the model is loaded when OpenVINO is missing.
+        _require_module("openvino", "OpenVINO export needs the 'openvino' package: pip install 'segnext-hub[openvino]'")
+        if int8:
+            _require_module("nncf", "int8 quantization needs NNCF: pip install 'segnext-hub[openvino]'")
+        model = _load(name_or_path, "cpu")
+        report = export_openvino(model, out, size=tuple(size), dynamic=dynamic, bases=bases, tolerance=tolerance,
+                                 int8=int8, calib=calib, min_agreement=min_agreement, force=force)
+        if as_json:
+            click.echo(json.dumps(report.to_dict(), indent=2))
+            return
+        click.echo(f"wrote {report.path} + {report.weights_path} ({report.size_bytes / 2**20:.1f} MiB, "
+                   f"OpenVINO {report.openvino_version.split('-')[0]}, {report.precision}); fp32 graph vs PyTorch "
+                   f"max abs diff {report.max_abs_diff:.2g} (tolerance {report.tolerance:g})")
+        quant = report.quantization
+        if quant:
+            speed = f"; speed-up {quant['speedup']:.2f}x" if "speedup" in quant else ""
+            click.echo(f"int8: argmax agreement with fp32 {quant['argmax_agreement']:.2%} on "
+                       f"{quant['held_out_images']} held-out image(s) ({quant['calibration_images']} calibrated)"
+                       f"{speed}; NMF kept in float ({quant['float_nmf_nodes']} nodes)")
+        return
     from ..tasks.export_onnx import export_onnx
 
     model = _load(name_or_path, "cpu")
@@ -157,3 +215,12 @@ def export(name_or_path: str, out: str, size: tuple[int, int], dynamic: bool, ba
         click.echo(f"wrote {report.path} ({report.size_bytes / 2**20:.1f} MiB, {report.exporter} exporter, "
                    f"opset {report.opset}); onnxruntime max abs diff {report.max_abs_diff:.2g} "
                    f"(tolerance {report.tolerance:g})")
+
+
+def _require_module(name: str, message: str) -> None:
+    import importlib.util
+
+    from ..errors import BadInputError
+
+    if importlib.util.find_spec(name) is None:
+        raise BadInputError(message)

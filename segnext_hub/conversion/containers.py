@@ -1,5 +1,5 @@
-"""Container decoders: torch zip and legacy, safetensors, Jittor pickles, and the final pass
-that turns decoded values into tensors. Each decoder takes the whole file as a memoryview."""
+"""Container decoders: torch zip and legacy, safetensors, Jittor and Paddle pickles, PaddleSeg
+backbone zips (:mod:`.paddle`), and the final pass that turns decoded values into tensors. Each decoder takes the whole file as a memoryview."""
 
 from __future__ import annotations
 
@@ -31,9 +31,11 @@ from .pickled import (
     current_limits,
     safe_repr,
 )
+from .paddle import is_paddle_zip, zip_model_member
 from .unpickler import SafeUnpickler
 
-FORMATS = ("torch-zip", "torch-legacy", "safetensors", "jittor-pkl")
+#: ``paddle-pdparams`` is a pickle that :func:`.paddle.drop_name_table` recognised after decoding.
+FORMATS = ("torch-zip", "torch-legacy", "safetensors", "jittor-pkl", "paddle-pdparams", "paddle-zip")
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
@@ -48,7 +50,7 @@ def sniff_format(buf: memoryview, where: str) -> str:
     """Name the container from its first bytes; refuse anything that is not one."""
     head = bytes(buf[:16])
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        return "torch-zip"
+        return "paddle-zip" if is_paddle_zip(buf) else "torch-zip"
     if _starts_with_legacy_magic(buf):
         return "torch-legacy"
     header_len = int.from_bytes(head[:8], "little")
@@ -62,7 +64,7 @@ def sniff_format(buf: memoryview, where: str) -> str:
         raise BadInputError(f"cannot read {where}: a tar-format torch checkpoint (torch < 1.0) is not supported")
     raise BadInputError(
         f"{where} is not a checkpoint: unrecognised content starting with {head[:8].hex()} "
-        "(expected a torch .pth, .safetensors or Jittor .pkl)"
+        "(expected a torch .pth, .safetensors, Jittor .pkl or Paddle .pdparams)"
     )
 
 
@@ -311,6 +313,11 @@ def _decode_pickle(buf: memoryview) -> Tuple[Any, Dict[str, str]]:
     return SafeUnpickler(stream).load(), {}
 
 
+def _decode_paddle_zip(buf: memoryview) -> Tuple[Any, Dict[str, str]]:
+    """A PaddleSeg backbone zip: the pickle of its one ``<folder>/model.pdparams``."""
+    return _decode_pickle(zip_model_member(buf))
+
+
 _SAFETENSORS_DTYPES = {
     name: getattr(torch, attr)
     for name, attr in (
@@ -383,6 +390,7 @@ DECODERS: Dict[str, Callable[[memoryview], Tuple[Any, Dict[str, str]]]] = {
     "torch-legacy": _decode_torch_legacy,
     "safetensors": _decode_safetensors,
     "jittor-pkl": _decode_pickle,
+    "paddle-zip": _decode_paddle_zip,
 }
 
 

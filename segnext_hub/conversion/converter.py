@@ -19,6 +19,7 @@ from ..models.variants import check_md_r, get_variant
 from .detect import Detection, choose_layout, detect
 from .keymap import KeyMap, MappingResult, find_state_dict, load_key_map
 from .layouts import CANONICAL, get_layout, layout_names
+from .paddle import write_pdparams
 from .reading import Checkpoint, read_checkpoint
 from .log_header import record_from_log
 from .record import (
@@ -39,7 +40,7 @@ from .verify import (
 )
 from .writing import write_pth, write_safetensors
 
-OUTPUT_SUFFIXES = (".safetensors", ".pth", ".pt")
+OUTPUT_SUFFIXES = (".safetensors", ".pth", ".pt", ".pdparams")
 
 
 @dataclass
@@ -58,6 +59,7 @@ class ConvertReport:
     renamed: int
     dropped: list[tuple[str, str]] = field(default_factory=list)
     added: int = 0
+    reshaped: int = 0
     stripped_prefixes: dict[str, int] = field(default_factory=dict)
     record: dict[str, Any] = field(default_factory=dict)  # md_r/training_seed/classes with sources
     disagreements: list[str] = field(default_factory=list)  # sources that recorded other values
@@ -74,8 +76,8 @@ class ConvertReport:
         lines = [
             f"source      {self.source} ({self.source_format}, sha256 {self.source_sha256[:12]})",
             f"detected    {det['layout']} {det['kind']}, SegNeXt-{det['variant'].upper()}"
-            + (f", {det['num_classes']} classes ({det['dataset'] or 'unknown dataset'}), md_r {det['md_r']}"
-               if det["kind"] == "segmentor" else ""),
+            + (f", {det['num_classes']} classes ({det['dataset'] or 'unknown dataset'}), md_r {det['md_r']}, "
+               f"head {det['ham_channels']} wide" if det["kind"] == "segmentor" else ""),
         ]
         for name, how in det["sources"].items():
             lines.append(f"  {name:<11} {how}")
@@ -87,7 +89,8 @@ class ConvertReport:
         for line in self.disagreements:
             lines.append(f"warning     {line}")
         lines.append(f"keys        {self.keys_in} in, {self.keys_out} out: {self.renamed} renamed, "
-                     f"{len(self.dropped)} dropped, {self.added} added (key map '{self.key_map}')")
+                     f"{len(self.dropped)} dropped, {self.added} added"
+                     + (f", {self.reshaped} reshaped" if self.reshaped else "") + f" (key map '{self.key_map}')")
         for prefix, count in self.stripped_prefixes.items():
             lines.append(f"  stripped '{prefix}' from {count} keys")
         for key, why in self.dropped[:5]:
@@ -130,6 +133,7 @@ class Conversion:
         return ArtifactConfig(
             variant=det.variant, kind=det.kind, name=name, num_classes=det.num_classes,
             md_r=det.md_r, md_r_source=det.sources.get("md_r") if segmentor else None,
+            ham_channels=det.ham_channels if segmentor else None,
             dataset=det.dataset, source_layout=det.layout,
             training_seed=rec.get("training_seed"), training_seed_source=rec.get("training_seed_source"),
             classes=rec.get("classes") if segmentor else None, classes_source=rec.get("classes_source"),
@@ -185,7 +189,7 @@ def convert_checkpoint(
                  md_r_source=described_md_r_source(resolution.record))
     if det.kind == "segmentor" and det.md_r is not None:
         try:  # a rank from a file (meta.config, a log) drives memory: bounded by the head, named
-            check_md_r(get_variant(det.variant), det.md_r)
+            check_md_r(det.md_r, det.ham_channels or get_variant(det.variant).ham_channels)
         except ValueError as err:
             raise BadInputError(f"{checkpoint.path}: {err} (read from {det.sources.get('md_r')})") from None
 
@@ -203,7 +207,7 @@ def convert_checkpoint(
         source=str(checkpoint.path), source_format=checkpoint.format, source_sha256=checkpoint.sha256,
         detection=det.to_dict(), target_layout=to, key_map=map_name, container=container_key,
         keys_in=len(state), keys_out=len(tensors), renamed=len(result.renamed),
-        dropped=result.dropped, added=len(result.added), stripped_prefixes=result.stripped_prefixes,
+        dropped=result.dropped, added=len(result.added), reshaped=len(result.reshaped), stripped_prefixes=result.stripped_prefixes,
         record=record_summary(resolution.record, det), disagreements=list(resolution.disagreements),
     )
     if verify:
@@ -245,6 +249,7 @@ def _merge(first: MappingResult, second: MappingResult) -> MappingResult:
     merged.renamed = first.renamed + second.renamed
     merged.dropped = first.dropped + second.dropped
     merged.added = first.added + second.added
+    merged.reshaped = first.reshaped + second.reshaped
     merged.stripped_prefixes = dict(first.stripped_prefixes)
     return merged
 
@@ -258,13 +263,30 @@ def output_metadata(conv: Conversion) -> dict[str, str]:
     meta.update(layout=rep.target_layout, source_sha256=rep.source_sha256, source_file=Path(rep.source).name,
                 key_map=rep.key_map,
                 verification=json.dumps(rep.verification) if rep.verification else "skipped")
+    note = head_width_note(conv.detection.variant, conv.detection.ham_channels)
+    if note:
+        meta["ham_channels_note"] = note
     return meta
+
+
+def head_width_note(variant: str, ham_channels: Optional[int]) -> Optional[str]:
+    """What a user of MMSeg's configs must know about a head of another width (else None)."""
+    default = get_variant(variant).ham_channels
+    if ham_channels is None or ham_channels == default:
+        return None
+    return (f"decode head {ham_channels} wide (channels = ham_channels = {ham_channels}); MMSeg's stock "
+            f"SegNeXt-{variant.upper()} config builds {default}, so it will not load these weights as it is: "
+            f"set decode_head channels and ham_channels to {ham_channels}")
 
 
 def write_output(conv: Conversion, dst: Union[str, Path], *, force: bool = False) -> str:
     """Write the converted tensors; the format follows the suffix. Returns the sha256."""
     dst = Path(dst)
     metadata = output_metadata(conv)
+    if dst.suffix == ".pdparams":
+        if conv.report.target_layout != "paddle":
+            raise BadInputError(f"{dst.name}: a .pdparams output holds Paddle names; add --to paddle")
+        return write_pdparams(dst, conv.tensors, force=force)
     if dst.suffix == ".safetensors":
         return write_safetensors(dst, conv.tensors, metadata, force=force)
     meta: dict[str, Any] = {"segnext_hub": metadata}
@@ -284,7 +306,7 @@ def _dataset_meta(conv: Conversion) -> dict[str, list]:
 def check_destination(dst: Union[str, Path], force: bool) -> Path:
     dst = Path(dst)
     if dst.suffix not in OUTPUT_SUFFIXES:
-        raise BadInputError(f"output {dst} must end in .safetensors, .pth or .pt")
+        raise BadInputError(f"output {dst} must end in .safetensors, .pth, .pt or .pdparams (with --to paddle)")
     return check_writable(dst, force=force)
 
 
@@ -312,6 +334,8 @@ def convert(
     """
     started = time.perf_counter()
     dst = check_destination(dst, force)
+    if dst.suffix == ".pdparams" and to != "paddle":
+        raise BadInputError(f"{dst.name}: a .pdparams output holds Paddle names; add --to paddle")
     log_record = record_from_log(log) if log is not None else None
     checkpoint = read_checkpoint(src)
     # Before the (long) verification, not after it: the output holds these tensors again.

@@ -32,6 +32,7 @@ class Detection:
     dataset: Optional[str]
     md_r: Optional[int]
     sources: dict[str, str]  # field -> "detected from ..." / "given" / "default ..."
+    ham_channels: Optional[int] = None  # the decode head's width; None for a backbone
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,6 +87,29 @@ def detect_variant(state: Mapping[str, torch.Tensor]) -> str:
                         "variant (T/S/B/L)")
 
 
+def detect_head_width(state: Mapping[str, torch.Tensor], variant: str) -> tuple[int, str]:
+    """The decode head's width from MMSeg-named head weights, and where it was read.
+
+    Every release builds the head as wide as its Hamburger (``channels == ham_channels``);
+    PaddleSeg builds every size 256 wide where MMSeg and the official repo use 512 (B) and
+    1024 (L), so the width is read from the file rather than assumed from the variant.
+    """
+    squeeze, seg = state.get("decode_head.squeeze.conv.weight"), state.get("decode_head.conv_seg.weight")
+    default = VARIANTS[variant].ham_channels
+    if squeeze is None or squeeze.ndim != 4 or seg is None or seg.ndim != 4:
+        # The key check that follows names what is missing or misshapen.
+        return default, "default: the variant's (no usable head weights to read it from)"
+    width, classifier_in = int(squeeze.shape[0]), int(seg.shape[1])
+    if classifier_in != width:
+        raise BadInputError(f"decode head of width {width} feeds a classifier of {classifier_in} channels; "
+                            "only heads as wide as their Hamburger (every published release) are supported")
+    how = "detected from decode_head.squeeze.conv.weight"
+    if width != default:
+        how += (f" (SegNeXt-{variant.upper()} is {default} wide in MMSeg and the official repo; "
+                "their stock configs will not load these weights as they are)")
+    return width, how
+
+
 def detect(
     state: Mapping[str, torch.Tensor],
     *,
@@ -113,8 +137,9 @@ def detect(
         variant = get_variant(variant).name
         sources["variant"] = "given"
 
-    dataset = None
+    dataset = ham_channels = None
     if kind == "segmentor":
+        ham_channels, sources["ham_channels"] = detect_head_width(state, variant)
         seg = state.get("decode_head.conv_seg.weight")
         if num_classes is None:
             if seg is None:
@@ -134,4 +159,4 @@ def detect(
         raise BadInputError("--num-classes given, but the checkpoint is a backbone (no decode head)")
     else:
         md_r = None  # no decode head, no NMF rank, whatever a record says
-    return Detection(layout.name, kind, variant, num_classes, dataset, md_r, sources)
+    return Detection(layout.name, kind, variant, num_classes, dataset, md_r, sources, ham_channels)

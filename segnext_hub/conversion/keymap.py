@@ -1,7 +1,8 @@
 """Declarative key maps: load ``key_maps/*.yaml``, apply them, invert them, account for keys.
 
 A key map is data: an ordered list of rules (strip a prefix, drop anchored patterns,
-rename with ``{placeholder}`` templates, add missing buffers). Keeping renames as
+rename with ``{placeholder}`` templates, add missing buffers, reshape a tensor whose layout
+stores it in another shape, e.g. PaddleSeg's (C, 1, 1) layer scales). Keeping renames as
 templates rather than raw regexes is what makes every map invertible, so the reverse
 direction (MMSeg -> official) is derived from the same file instead of written twice.
 Every source key ends up in exactly one bucket of the :class:`MappingResult`: kept,
@@ -40,21 +41,33 @@ def _template_regex(template: str) -> re.Pattern[str]:
 
 @dataclass(frozen=True)
 class Rule:
-    """One step of a key map. ``kind`` is strip_prefix, drop, rename or add."""
+    """One step of a key map. ``kind`` is strip_prefix, drop, rename, add or reshape."""
 
     kind: str
-    pattern: str  # prefix, anchored regex, source template, or key template to add
+    pattern: str  # prefix, anchored regex, source template, key template to add, or key template to reshape
     target: str = ""  # rename: target template; add: the key that must exist (for_each)
     why: str = ""
     value: float = 0.0
     dtype: str = "int64"
+    shape_from: tuple[int, ...] = ()  # reshape: the shape found (-1: any size, exactly once)
+    shape_to: tuple[int, ...] = ()  # reshape: the shape made (-1: whatever keeps the element count)
 
     def describe(self) -> str:
         if self.kind == "rename":
             return f"rename {self.pattern} -> {self.target}"
         if self.kind == "add":
             return f"add {self.pattern} for each {self.target}"
+        if self.kind == "reshape":
+            return f"reshape {self.pattern} {_shape_text(self.shape_from)} -> {_shape_text(self.shape_to)}"
         return f"{self.kind} {self.pattern}"
+
+
+def _shape_text(spec: tuple[int, ...]) -> str:
+    return "(" + ", ".join("C" if dim == -1 else str(dim) for dim in spec) + ("," if len(spec) == 1 else "") + ")"
+
+
+def _fits(shape: tuple[int, ...], spec: tuple[int, ...]) -> bool:
+    return len(shape) == len(spec) and all(want in (-1, got) for got, want in zip(shape, spec))
 
 
 @dataclass
@@ -65,6 +78,7 @@ class MappingResult:
     renamed: list[tuple[str, str]] = field(default_factory=list)
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (key, rule description)
     added: list[str] = field(default_factory=list)
+    reshaped: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)  # (key, from, to)
     stripped_prefixes: dict[str, int] = field(default_factory=dict)
     rule_hits: dict[str, int] = field(default_factory=dict)
 
@@ -88,6 +102,7 @@ class KeyMap:
         result = MappingResult(tensors={})
         hits: dict[str, int] = {}
         added: dict[str, torch.Tensor] = {}
+        reshapes: dict[str, Rule] = {}  # source name -> its reshape rule
         for rule in self.rules:
             label = rule.describe()
             hits[label] = 0
@@ -137,8 +152,19 @@ class KeyMap:
                         continue
                     hits[label] += 1
                     added[new_key] = torch.tensor(rule.value, dtype=_DTYPES[rule.dtype])
+            elif rule.kind == "reshape":
+                matcher = _template_regex(rule.pattern)
+                for cur, src in keys.items():
+                    if matcher.match(cur):
+                        hits[label] += 1
+                        reshapes[src] = rule
         for cur, src in keys.items():
-            result.tensors[cur] = state[src]
+            tensor = state[src]
+            rule = reshapes.get(src)
+            if rule is not None:
+                tensor = self._reshaped(src, tensor, rule)
+                result.reshaped.append((cur, tuple(state[src].shape), tuple(tensor.shape)))
+            result.tensors[cur] = tensor
             if cur != src:
                 result.renamed.append((src, cur))
         for key, value in added.items():
@@ -147,17 +173,28 @@ class KeyMap:
         result.rule_hits = hits
         return result
 
+    def _reshaped(self, key: str, tensor: torch.Tensor, rule: Rule) -> torch.Tensor:
+        """The tensor in the rule's target shape; a shape the rule does not expect is bad input."""
+        if not _fits(tuple(tensor.shape), rule.shape_from):
+            raise BadInputError(f"key map '{self.name}': {key[:100]} has shape {tuple(tensor.shape)}, "
+                                f"expected {_shape_text(rule.shape_from)}")
+        return tensor.reshape(rule.shape_to)
+
     # ------------------------------------------------------------------ inverting
     def inverted(self) -> "KeyMap":
         """The reverse direction (MMSeg names -> this layout), derived from the same rules.
 
-        Renames swap their templates; added buffers are dropped again; prefix strips and
-        drops have no inverse (a dropped ImageNet classifier cannot come back).
+        Renames swap their templates; reshapes swap their shapes; added buffers are dropped
+        again; prefix strips and drops have no inverse (a dropped ImageNet classifier cannot
+        come back).
         """
         rules: list[Rule] = []
         for rule in reversed(self.rules):
             if rule.kind == "rename":
                 rules.append(Rule("rename", rule.target, rule.pattern))
+            elif rule.kind == "reshape":
+                rules.append(Rule("reshape", rule.pattern, why=rule.why, shape_from=rule.shape_to,
+                                  shape_to=rule.shape_from))
             elif rule.kind == "add":
                 key_regex = _template_regex(rule.pattern).pattern
                 rules.append(Rule("drop", "^" + key_regex, why=f"{self.name} layout has no such buffer"))
@@ -190,7 +227,20 @@ def _parse_rule(entry: Any, source: str) -> Rule:
             raise BadInputError(f"key map {source}: unsupported dtype {dtype!r}")
         return Rule("add", str(spec["key"]), str(spec["for_each"]), why=why,
                     value=float(spec.get("value", 0)), dtype=dtype)
+    if "reshape" in entry:
+        spec = entry["reshape"]
+        shapes = tuple(_shape_spec(spec[side], f"key map {source}: reshape {side}") for side in ("from", "to"))
+        return Rule("reshape", str(spec["key"]), why=why, shape_from=shapes[0], shape_to=shapes[1])
     raise BadInputError(f"key map {source}: unknown rule {sorted(entry)}")
+
+
+def _shape_spec(value: Any, what: str) -> tuple[int, ...]:
+    """A reshape side: whole numbers, with exactly one -1 (the size that carries over), so that
+    every reshape keeps the element count and has an inverse."""
+    if not isinstance(value, list) or not all(type(dim) is int and (dim == -1 or dim > 0) for dim in value) \
+            or value.count(-1) != 1:
+        raise BadInputError(f"{what} must be a list of positive sizes with exactly one -1, got {value!r}")
+    return tuple(value)
 
 
 def parse_key_map(text: str, source: str = "<string>") -> KeyMap:
@@ -202,7 +252,7 @@ def parse_key_map(text: str, source: str = "<string>") -> KeyMap:
         raise BadInputError(f"key map {source} needs 'name' and 'rules'")
     try:
         rules = tuple(_parse_rule(entry, source) for entry in data["rules"])
-    except (KeyError, TypeError, re.error) as err:
+    except (KeyError, TypeError, re.error) as err:  # a missing field of a rule
         raise BadInputError(f"key map {source}: malformed rule ({err})") from None
     return KeyMap(str(data["name"]), str(data.get("description", "")),
                   tuple(data.get("unwrap", ())), rules)

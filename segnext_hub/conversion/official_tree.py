@@ -10,6 +10,7 @@ rename cannot survive that, whereas comparing tensors key by key would trust the
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional, Sequence
 
 import torch
@@ -224,9 +225,12 @@ class OfficialSegNeXt(nn.Module):
 
 
 def build_official(variant: str, *, num_classes: int = 150, md_r: Optional[int] = None,
-                   backbone_only: bool = False) -> nn.Module:
-    """The official layout's model (eval mode), for loading official-named tensors strictly."""
+                   backbone_only: bool = False, ham_channels: Optional[int] = None) -> nn.Module:
+    """The official layout's model (eval mode), for loading official-named tensors strictly;
+    ``ham_channels`` (None: the variant's) is the decode head's width."""
     spec = get_variant(variant)
+    if ham_channels is not None:
+        spec = replace(spec, ham_channels=ham_channels)
     if backbone_only:
         return OfficialMSCAN(spec).eval()
     return OfficialSegNeXt(spec, num_classes, spec.md_r if md_r is None else md_r).eval()

@@ -12,6 +12,8 @@ parses the containers itself. The formats are small and documented by torch's ow
 - torch legacy: four pickles back to back (magic, protocol, sys info, the object), a pickle of
   storage keys, then per key an int64 element count and the raw bytes.
 - safetensors: an 8-byte header length, a JSON header, raw little-endian bytes.
+- Paddle ``.pdparams``: a protocol-4 pickle of numpy arrays plus Paddle's name table, dropped
+  here; PaddleSeg's backbone zips hold one (see :mod:`.paddle`).
 - Jittor ``.pkl``: a protocol-4 pickle, optionally followed by the 20-byte SHA-1 of the pickle and
   the magic ``HCAJSLHD``. Jittor < 1.3.8.6 saved Vars as numpy arrays; later releases pickle each
   Var as ``jittor.jittor_core.Var(ndarray)``, rebuilt here as that array (jittor is never imported).
@@ -45,6 +47,7 @@ import numpy as np
 from ..errors import BadInputError, SegnextHubError, UnsafePickleError, one_line
 from ..fileio import THREADED_HASH_MIN, StreamingSha256
 from .containers import DECODERS, finalize, sniff_format
+from .paddle import drop_name_table
 from .pickled import CorruptData, UnsafeName, describe_error, read_limits
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -79,6 +82,7 @@ def read_checkpoint(path: PathLike) -> Checkpoint:
             sha256 = digest.hexdigest()
             del buf  # numpy payloads of a pickle are copies: free the file before converting them
             obj = finalize(raw)
+            fmt, obj = drop_name_table(fmt, obj)
     finally:
         digest.close()
     return Checkpoint(path=src, format=fmt, obj=obj, sha256=sha256, metadata=metadata)

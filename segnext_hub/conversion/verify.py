@@ -46,9 +46,9 @@ def build_for_layout(layout: str, det: Detection) -> nn.Module:
     with torch.device("meta"):
         if get_layout(layout).reference == "official":
             return build_official(det.variant, num_classes=det.num_classes or 150, md_r=det.md_r,
-                                  backbone_only=backbone_only)
+                                  backbone_only=backbone_only, ham_channels=det.ham_channels)
         return build_model(det.variant, num_classes=det.num_classes or 150, md_r=det.md_r,
-                            backbone_only=backbone_only)
+                            backbone_only=backbone_only, ham_channels=det.ham_channels)
 
 
 def load_into(model: nn.Module, tensors: Mapping[str, torch.Tensor], layout: str) -> nn.Module:

@@ -24,6 +24,12 @@ urllib3's ``Retry`` mounted on the session: exponential backoff and ``Retry-Afte
 or an HTTP date, capped at MAX_RETRY_AFTER). Failures *mid-body* (drops, timeouts, short
 bodies) are ours, because only we know the partial file: the next request continues it with
 ``Range``/``If-Range``, and each attempt that made progress resets the count.
+
+Nothing on the wire is trusted (see :mod:`.netlimits`): a body never grows the file past the
+size the registry records, the size the server announced or a documented cap; a compressed
+``Content-Encoding`` is refused (we ask for identity, and a 4 MB gzip can expand to 4 GiB);
+a stalled transfer is retried, an overall deadline ends the call; a DNS failure or a refused
+connection fails at once with the next step; a full disk deletes the partial and says so.
 """
 
 from __future__ import annotations
@@ -31,12 +37,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
-import json
 import os
-import queue
 import random
 import re
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,9 +55,12 @@ from ..errors import BadInputError, DownloadError, OfflineError, one_line
 from ..fileio import sha256_file
 from ..progress import progress_bar
 from .cache import file_lock, is_offline, offline_variable
+from .netlimits import Limits, Stalled, unreachable
+from .partial import CHUNK, Partial as _Partial, Sink as _Sink, WriteFailed as _WriteFailed
+from .partial import write_failed as _write_failed
 
-CHUNK = 1 << 20  # big reads keep Python overhead negligible next to the kernel copies
-QUEUE_DEPTH = 8  # chunks in flight between the socket reader and the hash/write worker
+__all__ = ["CHUNK", "DownloadResult", "download", "mirror_url"]
+
 MAX_BACKOFF = 30.0
 MAX_RETRY_AFTER = 60.0
 TRANSIENT_STATUS = frozenset({408, 425, 429, *range(500, 600)})
@@ -101,7 +107,19 @@ class DownloadResult:
 
 
 class _Transient(Exception):
-    """A failure worth retrying (dropped connection, timeout, short body); resume from the partial."""
+    """A failure worth retrying (dropped connection, timeout, short body); resume from the partial.
+
+    ``stalled``: the bytes that came were too few to count as progress (a trickle), so the
+    attempt uses a retry even though the partial grew.
+    """
+
+    def __init__(self, message: str, stalled: bool = False) -> None:
+        super().__init__(message)
+        self.stalled = stalled
+
+
+class _TooBig(Exception):
+    """The body ran past the most bytes the file may have."""
 
 
 class _StatusRetry(Retry):
@@ -124,145 +142,6 @@ _READ_ERRORS = (
 )
 
 
-# -- the partial file and what it came from -------------------------------------------------
-
-
-@dataclass
-class _Partial:
-    """The on-disk partial plus the in-memory hash that always matches its bytes."""
-
-    dest: Path
-    url: str
-    hasher: Any = None
-    size: int = 0
-    total: Optional[int] = None
-    validator: Optional[str] = None
-    resumed: bool = False
-
-    @property
-    def path(self) -> Path:
-        return self.dest.with_name(self.dest.name + ".partial")
-
-    @property
-    def meta_path(self) -> Path:
-        return self.dest.with_name(self.dest.name + ".partial.meta")
-
-    def load(self) -> None:
-        """Adopt a partial left by an earlier run, unless it came from another URL."""
-        self.hasher = hashlib.sha256()
-        self.size = 0
-        if not self.path.exists():
-            return
-        meta = self._read_meta()
-        if meta is not None and meta.get("url") != self.url:
-            self.reset()
-            return
-        if meta is not None:
-            self.validator = meta.get("validator")
-            self.total = meta.get("total")
-        with open(self.path, "rb") as handle:  # the one pass over the old prefix
-            for chunk in iter(lambda: handle.read(CHUNK), b""):
-                self.hasher.update(chunk)
-                self.size += len(chunk)
-
-    def _read_meta(self) -> Optional[dict]:
-        try:
-            data = json.loads(self.meta_path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
-
-    def write_meta(self) -> None:
-        """Record origin before the first byte lands, so no partial is ever anonymous."""
-        data = {"url": self.url, "validator": self.validator, "total": self.total}
-        tmp = self.meta_path.with_name(self.meta_path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-        os.replace(tmp, self.meta_path)
-
-    def reset(self) -> None:
-        """Forget everything received: the partial is wrong or belongs to something else."""
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        with contextlib.suppress(FileNotFoundError):
-            self.meta_path.unlink()
-        self.hasher = hashlib.sha256()
-        self.size = 0
-        self.total = None
-        self.validator = None
-        self.resumed = False
-
-
-# -- the worker that hashes and writes --------------------------------------------------------
-
-
-class _Sink:
-    """Hashes and appends chunks on a worker thread, in order, from a small buffer pool.
-
-    The socket reader fills pool buffers with ``readinto`` (one copy out of the kernel) while
-    the worker hashes and writes the previous ones. ``close()`` waits until every buffer
-    handed over is on disk and in the hash, so after any failure the partial file and
-    ``hasher`` still describe the same bytes and a resume is safe.
-    """
-
-    def __init__(self, partial: _Partial, truncate: bool) -> None:
-        self._partial = partial
-        self._handle = open(partial.path, "wb" if truncate else "ab")
-        self._free: "queue.Queue[bytearray]" = queue.Queue()
-        for _ in range(QUEUE_DEPTH):
-            self._free.put(bytearray(CHUNK))
-        self._full: "queue.Queue[Optional[tuple[bytearray, int]]]" = queue.Queue()
-        self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._run, name="segnext-hub-writer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self._full.get()
-            if item is None:
-                return
-            buf, n = item
-            try:
-                if self._error is None:
-                    view = memoryview(buf)[:n]
-                    self._handle.write(view)  # write first: the hash never covers lost bytes
-                    self._partial.hasher.update(view)
-                    self._partial.size += n
-            except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
-                self._error = err
-            finally:
-                self._free.put(buf)  # always: the reader must never wait forever
-
-    def buffer(self) -> bytearray:
-        """An empty buffer to read into; blocks while the worker is QUEUE_DEPTH behind."""
-        self._check()
-        return self._free.get()
-
-    def commit(self, buf: bytearray, n: int) -> None:
-        """Hand over the first ``n`` bytes of ``buf`` (``n`` may be 0: just give it back)."""
-        if n:
-            self._full.put((buf, n))
-        else:
-            self._free.put(buf)
-
-    def close(self) -> None:
-        self._drain()
-        try:
-            self._check()
-            self._handle.flush()
-        finally:
-            self._handle.close()
-
-    def _drain(self) -> None:
-        if self._thread.is_alive():
-            self._full.put(None)
-            self._thread.join()
-
-    def _check(self) -> None:
-        if self._error is not None:
-            message = f"cannot write {self._partial.path}: {self._error}"
-            raise DownloadError(message) from self._error
-
-
 # -- one HTTP request -------------------------------------------------------------------------
 
 
@@ -272,8 +151,9 @@ class _Request:
 
     session: requests.Session
     url: str  # what we fetch (after the mirror)
+    original: str  # the published URL
     shown: str  # what error messages call it
-    timeout: float
+    limits: Limits
     bar: Any
     retries: int
     use_range: bool = True
@@ -291,14 +171,21 @@ def _fetch(req: _Request, partial: _Partial) -> None:
         if partial.validator:
             headers["If-Range"] = partial.validator
     try:
-        resp = req.session.get(req.url, headers=headers, stream=True, timeout=req.timeout)
+        resp = req.session.get(req.url, headers=headers, stream=True, timeout=req.limits.stall)
     except requests.exceptions.SSLError as err:
         raise DownloadError(f"TLS error fetching {req.shown}: {one_line(err)}") from err
     except _REQUEST_ERRORS as err:
+        fatal = unreachable(err, req.url, req.original)
+        if fatal is not None:  # no network or a wrong mirror: waiting will not fix it
+            raise fatal from None
         raise _Transient(f"connection failed: {one_line(err)}") from err
     except requests.exceptions.RequestException as err:  # bad URL, redirect loop...
         raise DownloadError(f"cannot fetch {req.shown}: {one_line(err)}") from err
     with contextlib.closing(resp):
+        if resp.status_code in (200, 206) and _encoded(resp):
+            encoding = one_line(resp.headers.get("Content-Encoding", ""), 40)
+            raise DownloadError(f"{req.shown} was sent with Content-Encoding {encoding} although identity was "
+                                "asked; refused (a compressed body can expand without bound)")
         start = _check_status(resp, req, partial, offset)
         if start is None:  # 416 and the partial already holds the whole file
             return
@@ -337,52 +224,77 @@ def _check_status(resp: requests.Response, req: _Request, partial: _Partial, off
 
 def _receive(resp: requests.Response, req: _Request, partial: _Partial, start: int) -> None:
     """Stream the body into the partial, starting at byte ``start`` of the file."""
-    if start == 0:  # fresh file, or the server ignored our Range
-        partial.resumed = False
-        partial.hasher = hashlib.sha256()
-        partial.size = 0
-        partial.total = _body_length(resp)
-        partial.validator = _validator(resp)
-        partial.write_meta()
-        if _encoded(resp):  # Range would count encoded bytes, not the ones we store
-            req.use_range = False
-        req.bar.reset(total=partial.total)
-    elif req.bar.total != partial.total:
-        req.bar.total = partial.total
-    sink = _Sink(partial, truncate=start == 0)
+    allowed = req.limits.allowed(_body_length(resp) if start == 0 else partial.total)
     try:
-        _pump(resp, sink, req.bar)
-    except _READ_ERRORS as err:
-        sink.close()
-        raise _Transient(f"connection lost at byte {partial.size}: {one_line(err)}") from err
-    except BaseException:
-        sink.close()
+        if start == 0:  # fresh file, or the server ignored our Range
+            partial.resumed = False
+            partial.hasher = hashlib.sha256()
+            partial.size = 0
+            partial.total = _body_length(resp)
+            partial.validator = _validator(resp)
+            try:
+                partial.write_meta()
+            except OSError as err:
+                raise _write_failed(partial, err) from None
+            req.bar.reset(total=partial.total)
+        elif req.bar.total != partial.total:
+            req.bar.total = partial.total
+        _stream(resp, req, partial, start, allowed)
+    except _WriteFailed:
+        partial.reset()
         raise
-    sink.close()
     if partial.total is not None and partial.size != partial.total:
         raise _Transient(f"connection closed at byte {partial.size} of {partial.total}")
 
 
-def _pump(resp: requests.Response, sink: _Sink, bar: Any) -> None:
-    """Move the body into the sink, keeping every byte that arrived before a failure."""
+def _stream(resp: requests.Response, req: _Request, partial: _Partial, start: int, allowed: int) -> None:
+    """Pump the body into a sink; turn read failures and stalls into retries, excess into refusal."""
+    sink = _Sink(partial, truncate=start == 0)
+    req.limits.start_window()
+    try:
+        _pump(resp, sink, req.bar, req.limits, start, allowed)
+    except Stalled as err:
+        sink.close()
+        raise _Transient(f"{err} at byte {partial.size}", stalled=True) from err
+    except _READ_ERRORS as err:
+        sink.close()
+        raise _Transient(f"connection lost at byte {partial.size}: {one_line(err)}") from err
+    except _TooBig:
+        sink.close()
+        partial.reset()
+        raise req.limits.too_big(allowed) from None
+    except BaseException:
+        sink.close()
+        raise
+    sink.close()
+
+
+def _pump(resp: requests.Response, sink: _Sink, bar: Any, limits: Limits, pos: int, allowed: int) -> None:
+    """Move the body into the sink, keeping every byte that arrived before a failure.
+
+    At most ``allowed`` bytes of file reach the sink: each read asks for one byte more than
+    may still come, so a body that goes on is noticed without storing its excess.
+    """
     source = _raw_source(resp)
-    if source is None:  # content-encoded: let urllib3 decode (one more copy per chunk)
-        read = resp.raw.read
-        source = lambda view: _copy_into(view, read(len(view), decode_content=True))  # noqa: E731
     while True:
         buf = sink.buffer()
-        n, err = _fill(source, buf)
+        want = min(len(buf), allowed - pos + 1)
+        n, err = _fill(source, memoryview(buf)[:want], limits)
+        if pos + n > allowed:
+            sink.commit(buf, allowed - pos)
+            raise _TooBig()
         sink.commit(buf, n)
         bar.update(n)
+        pos += n
         if err is not None:
             raise err
-        if n < len(buf):
+        if n < want:
             return
 
 
-def _fill(source: Callable[[memoryview], int], buf: bytearray) -> tuple[int, Optional[BaseException]]:
-    """Fill ``buf`` or reach the end of the body; on failure also say how far it got."""
-    view = memoryview(buf)
+def _fill(source: Callable[[memoryview], int], view: memoryview,
+          limits: Limits) -> tuple[int, Optional[BaseException]]:
+    """Fill ``view`` or reach the end of the body; on failure also say how far it got."""
     got = 0
     try:
         while got < len(view):
@@ -390,6 +302,7 @@ def _fill(source: Callable[[memoryview], int], buf: bytearray) -> tuple[int, Opt
             if not k:
                 break
             got += k
+            limits.tick(k)
     except http.client.IncompleteRead as err:  # chunked body cut: its whole chunks are in view
         kept = err.partial if isinstance(err.partial, (bytes, bytearray)) else b""  # urllib3's: int
         return got + len(kept), err
@@ -398,16 +311,18 @@ def _fill(source: Callable[[memoryview], int], buf: bytearray) -> tuple[int, Opt
     return got, None
 
 
-def _raw_source(resp: requests.Response) -> Optional[Callable[[memoryview], int]]:
-    """``http.client``'s own readinto, skipping urllib3's copies, when bytes pass unchanged.
+def _raw_source(resp: requests.Response) -> Callable[[memoryview], int]:
+    """``http.client``'s own ``read1``, skipping urllib3's layers (the body is never encoded:
+    an encoded one is refused before this).
 
-    A short body then reads as end-of-file rather than an exception; _receive compares the
-    byte count with Content-Length, so truncation is still caught.
+    ``read1`` returns as soon as the socket has bytes, so a trickling server cannot keep
+    one read busy past the stall window (``readinto`` would wait for a whole buffer). A
+    short body reads as end-of-file rather than an exception; _receive compares the byte
+    count with Content-Length, so truncation is still caught.
     """
-    if _encoded(resp):
-        return None
     fp = getattr(resp.raw, "_fp", None)
-    return getattr(fp, "readinto", None)
+    read1 = getattr(fp, "read1", None) or getattr(resp.raw, "read1", None)
+    return lambda view: _copy_into(view, read1(len(view)))
 
 
 def _copy_into(view: memoryview, data: bytes) -> int:
@@ -430,14 +345,12 @@ def _content_range(resp: requests.Response) -> tuple[Optional[int], Optional[int
 
 
 def _encoded(resp: requests.Response) -> bool:
-    """Compressed on the wire although we asked for identity: urllib3 decodes it."""
+    """Compressed on the wire although we asked for identity (then refused)."""
     return resp.headers.get("Content-Encoding", "identity").strip().lower() != "identity"
 
 
 def _body_length(resp: requests.Response) -> Optional[int]:
-    """The file size, when the server told it in a way that survives decoding."""
-    if _encoded(resp):
-        return None
+    """The file size, when the server told it."""
     _, total = _content_range(resp)
     if total is not None:
         return total
@@ -467,7 +380,8 @@ def _normalise_sha(expected: Optional[str]) -> Optional[str]:
     return value
 
 
-def _retrying(attempt: Callable[[], None], partial: _Partial, *, retries: int, backoff: float, shown: str) -> None:
+def _retrying(attempt: Callable[[], None], partial: _Partial, *, retries: int, backoff: float, shown: str,
+              limits: Limits) -> None:
     """Call ``attempt`` until it succeeds; each failure that made no progress uses a retry.
 
     Progress resets the count, so a long file on a link that drops every few hundred MB still
@@ -475,16 +389,17 @@ def _retrying(attempt: Callable[[], None], partial: _Partial, *, retries: int, b
     """
     failures = 0
     while True:
+        limits.check_deadline()
         before = partial.size
         try:
             attempt()
             return
         except _Transient as err:
-            failures = 0 if partial.size > before else failures + 1
+            failures = 0 if partial.size > before and not err.stalled else failures + 1
             if failures > retries:
                 raise DownloadError(f"download of {shown} failed after {retries} retries: {err}") from err
             delay = min(backoff * 2 ** max(failures - 1, 0), MAX_BACKOFF)
-            time.sleep(delay * random.uniform(0.75, 1.0))
+            time.sleep(max(0.0, min(delay * random.uniform(0.75, 1.0), limits.remaining())))
 
 
 def _finish(partial: _Partial, dest: Path, expected: Optional[str], shown: str) -> DownloadResult:
@@ -554,21 +469,49 @@ def download(
     dest: PathLike,
     *,
     expected_sha256: Optional[str] = None,
+    expected_size: Optional[int] = None,
+    max_bytes: Optional[int] = None,
     progress: Optional[bool] = None,
     retries: int = 5,
-    timeout: float = 30.0,
+    timeout: Optional[float] = None,
+    deadline: Optional[float] = None,
     backoff: float = 0.5,
     desc: Optional[str] = None,
 ) -> DownloadResult:
-    """Download ``url`` (through ``SEGNEXT_HUB_MIRROR`` if set) to ``dest``, verified.
+    """Download ``url`` (through ``SEGNEXT_HUB_MIRROR`` if set) to ``dest``, verified and bounded.
 
     ``dest`` is either absent or complete (and matches ``expected_sha256`` when given) when
     this returns or raises. An existing ``dest`` is returned without network, in offline mode
-    too. Otherwise offline mode raises OfflineError; HTTP 4xx (except 408/425/429) raises
-    DownloadError at once; 408/425/429/5xx are retried up to ``retries`` times with
-    exponential ``backoff`` (or the server's Retry-After); connection errors, timeouts and
-    short bodies too, each resuming from the partial file.
-    ``timeout`` bounds the connect and each socket read, not the whole transfer.
+    too. Bounds (:mod:`.netlimits`) hold whatever the server does, because a mirror or a
+    proxy may be hostile or broken.
+
+    Args:
+        url: the published URL (rewritten by ``SEGNEXT_HUB_MIRROR``).
+        dest: where the finished file appears, by an atomic rename.
+        expected_sha256: enforced when given; a mismatch deletes the download.
+        expected_size: the size the registry records; a server announcing another size, or a
+            body longer than it, is refused.
+        max_bytes: the cap when no size is known (default ``SEGNEXT_HUB_MAX_DOWNLOAD_MB``).
+        progress: show a progress bar (None: on a terminal).
+        retries: failures without progress tolerated (statuses 408/425/429/5xx, drops,
+            timeouts, stalls), each resuming from the partial file.
+        timeout: the stall timeout in seconds: connect, each read, and the window in which
+            some progress must be made (default ``SEGNEXT_HUB_STALL_TIMEOUT``, 30).
+        deadline: seconds for the whole call, retries included (default
+            ``SEGNEXT_HUB_DOWNLOAD_DEADLINE``, 7200).
+        backoff: the first retry's delay; doubled per failure.
+        desc: the progress bar's label.
+
+    Returns:
+        DownloadResult with the measured sha256 and size.
+
+    Raises:
+        OfflineError: offline mode is on and ``dest`` does not exist.
+        UnreachableError: DNS failure or refused connection (not retried; the message names
+            the host and the next step).
+        DownloadError: HTTP 4xx (except 408/425/429), retries exhausted, a hash mismatch, a
+            refused Content-Encoding or size, the deadline, or a failed write (the partial is
+            then deleted).
     """
     dest = Path(dest)
     expected = _normalise_sha(expected_sha256)
@@ -579,6 +522,7 @@ def download(
         return existing
     if is_offline():
         raise OfflineError(f"{offline_variable()} is set: not downloading {url} (not in the cache)")
+    limits = Limits.create(shown, max_bytes=max_bytes, known_size=expected_size, stall=timeout, deadline=deadline)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(dest.with_name(dest.name + ".lock")):
         existing = _already_there(dest, expected)  # another process may have finished it
@@ -588,7 +532,8 @@ def download(
         partial.load()
         bar = progress_bar(partial.total, desc or dest.name, progress, unit="B", initial=partial.size)
         with _session(retries, backoff) as session, bar:
-            req = _Request(session=session, url=fetch_url, shown=shown, timeout=timeout, bar=bar,
+            req = _Request(session=session, url=fetch_url, original=url, shown=shown, limits=limits, bar=bar,
                            retries=retries)
-            _retrying(lambda: _fetch(req, partial), partial, retries=retries, backoff=backoff, shown=shown)
+            _retrying(lambda: _fetch(req, partial), partial, retries=retries, backoff=backoff, shown=shown,
+                      limits=limits)
         return _finish(partial, dest, expected, shown)

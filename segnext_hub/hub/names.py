@@ -17,7 +17,7 @@ from ..errors import BadInputError
 from .registry import get_artifact
 
 HF_SCHEME = "hf://"
-_CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".pkl", ".bin", ".ckpt")
+_CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".pkl", ".bin", ".ckpt", ".pdparams")
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,8 @@ from .._version import __version__
 from ..conversion.log_header import record_from_log  # pure Python: no torch
 from ..conversion.record import Record
 from ..errors import BadInputError, DownloadError, OfflineError, SegnextHubError
-from ..fileio import current_umask, make_dirs, sha256_file
+from ..fileio import MAX_LOG_BYTES, current_umask, make_dirs, sha256_file
+from ..models.variants import get_variant  # pure data: no torch
 from .cache import (
     DamagedEntryError,
     artifact_lock,
@@ -52,6 +53,7 @@ from .cache import (
 from .config import CONFIG_FILE, MODEL_FILE, with_registry, write_config
 from .entry import CacheEntry
 from .manifest import MANIFEST_VERSION, FileRecord, Manifest, plain_name
+from .netlimits import max_download_bytes
 from .registry import Artifact, get_artifact
 
 logger = logging.getLogger(__name__)
@@ -267,7 +269,8 @@ def _pull_into(art: Artifact, stage: Path, *, strict: bool, progress: Optional[b
 
     started = time.time()
     raw = stage / "raw" / art.filename
-    result = download(art.url, raw, expected_sha256=art.sha256, progress=progress, desc=art.name)
+    result = download(art.url, raw, expected_sha256=art.sha256, expected_size=art.size, progress=progress,
+                      desc=art.name)
     warnings: list[str] = []
     try:
         hash_status, warning = _check_hash(art, result.sha256, strict)
@@ -283,13 +286,16 @@ def _pull_into(art: Artifact, stage: Path, *, strict: bool, progress: Optional[b
         if conversion.detection.kind != art.kind:
             raise BadInputError(f"{art.name}: expected a {art.kind} checkpoint, the file holds a "
                                 f"{conversion.detection.kind}")
+        width, wanted = conversion.detection.ham_channels, art.ham_channels or get_variant(art.variant).ham_channels
+        if art.kind == "segmentor" and width != wanted:
+            raise BadInputError(f"{art.name}: expected a decode head {wanted} wide, the file's is {width}")
     except SegnextHubError as err:
         raw.unlink(missing_ok=True)
         raise type(err)(f"{art.name}: downloaded file rejected and deleted: {err}") from None
     disagreements = [f"{art.name}: sources disagree: {line}" for line in conversion.report.disagreements]
     for message in ([warning] if warning else []) + disagreements:
         warnings.append(message)
-        logger.warning("%s", message)
+        logger.warning("%s", message)  # the CLI escapes control characters when it shows it
     model_sha = write_output(conversion, stage / MODEL_FILE, force=True)
     write_config(stage, with_registry(conversion.artifact_config(art.name), art))
     known = {f"raw/{art.filename}": result.sha256, MODEL_FILE: model_sha, CONFIG_FILE: "",
@@ -332,7 +338,8 @@ def _fetch_log(art: Artifact, stage: Path, progress: Optional[bool]) -> tuple[Op
         return None, None
     try:
         name = plain_name(art.log_url.rstrip("/").rsplit("/", 1)[-1] or "train.log.json", "the log's name")
-        download(art.log_url, stage / name, progress=progress, desc=f"{art.name} log")
+        download(art.log_url, stage / name, max_bytes=min(MAX_LOG_BYTES, max_download_bytes()),
+                 progress=progress, desc=f"{art.name} log")
     except SegnextHubError as err:
         return None, str(err)
     return name, None

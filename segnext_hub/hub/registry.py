@@ -23,7 +23,7 @@ import yaml
 
 from ..conversion.layouts import layout_names
 from ..errors import BadInputError
-from ..models.variants import VARIANTS, is_positive_int
+from ..models.variants import HEAD_NUM_GROUPS, VARIANTS, is_positive_int
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -75,6 +75,9 @@ class Artifact:
     metrics: Metrics
     provenance: str
     license: str
+    # Optional field: the decode head's width where it differs from the variant's (PaddleSeg
+    # builds every size 256 wide); None means the variant's own.
+    ham_channels: Optional[int] = None
 
     @property
     def is_backbone(self) -> bool:
@@ -83,6 +86,7 @@ class Artifact:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(Artifact))
+_OPTIONAL_FIELDS = ("ham_channels",)
 _METRIC_FIELDS = tuple(f.name for f in dataclasses.fields(Metrics))
 
 
@@ -249,7 +253,7 @@ def _artifact_from(raw: Any) -> Artifact:
     unknown = sorted(set(raw) - set(_FIELDS), key=str)
     if unknown:
         raise _EntryError(f"unknown field(s) {', '.join(map(repr, unknown))}")
-    missing = [name for name in _FIELDS if name not in raw]
+    missing = [name for name in _FIELDS if name not in raw and name not in _OPTIONAL_FIELDS]
     if missing:
         raise _EntryError(f"missing field(s) {', '.join(map(repr, missing))}")
     values = dict(raw)
@@ -327,9 +331,12 @@ def _check_scalars(values: dict) -> None:
 
 def _check_kind_rules(values: dict) -> None:
     """Segmentors need everything inference needs; backbones must leave it empty."""
-    head_fields = ("num_classes", "md_r", "md_r_settled", "test_mode", "resize_scale")
+    head_fields = ("num_classes", "md_r", "md_r_settled", "test_mode", "resize_scale", "ham_channels")
+    width = values.get("ham_channels")
+    if width is not None and (not is_positive_int(width) or width % HEAD_NUM_GROUPS):
+        raise _EntryError(f"ham_channels must be a positive multiple of {HEAD_NUM_GROUPS} or absent, got {width!r}")
     if values["kind"] == "backbone":
-        set_fields = [f for f in head_fields + ("test_crop_size", "test_stride") if values[f] is not None]
+        set_fields = [f for f in head_fields + ("test_crop_size", "test_stride") if values.get(f) is not None]
         if set_fields:
             raise _EntryError(f"a backbone has no head: {', '.join(set_fields)} must be null")
         return
@@ -432,15 +439,18 @@ def expected_shapes(artifact: Artifact) -> dict[str, tuple[int, ...]]:
     Built on the meta device (nothing allocated); torch is imported here, kept out of the
     commands that only read the registry.
     """
-    return dict(_meta_model_shapes(artifact.variant, artifact.num_classes, artifact.is_backbone))
+    return dict(_meta_model_shapes(artifact.variant, artifact.num_classes, artifact.is_backbone,
+                                   artifact.ham_channels))
 
 
 @functools.lru_cache(maxsize=None)
-def _meta_model_shapes(variant: str, num_classes: Optional[int], backbone_only: bool) -> Mapping[str, tuple[int, ...]]:
+def _meta_model_shapes(variant: str, num_classes: Optional[int], backbone_only: bool,
+                       ham_channels: Optional[int] = None) -> Mapping[str, tuple[int, ...]]:
     import torch
 
     from ..models import build_model
 
     with torch.device("meta"):
-        model = build_model(variant, num_classes=num_classes or 1, backbone_only=backbone_only)
+        model = build_model(variant, num_classes=num_classes or 1, backbone_only=backbone_only,
+                            ham_channels=ham_channels)
     return types.MappingProxyType({key: tuple(t.shape) for key, t in model.state_dict().items()})

@@ -141,6 +141,11 @@ class LightHamHead(nn.Module):
     def md_r(self) -> int:
         return self.hamburger.ham.rank
 
+    @property
+    def ham_channels(self) -> int:
+        """The head's width (Hamburger channels; the classifier reads as many)."""
+        return self.squeeze.conv.out_channels
+
     def forward(self, features: Sequence[Tensor], generator: Optional[torch.Generator] = None,
                 bases: Optional[Tensor] = None) -> Tensor:
         inputs = [features[i] for i in self.in_index]

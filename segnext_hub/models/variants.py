@@ -72,6 +72,18 @@ def is_positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
+#: The decode head normalises with GroupNorm(32, width), so a head width is a multiple of this.
+HEAD_NUM_GROUPS = 32
+
+
+def check_ham_channels(value: Any) -> int:
+    """``value`` if it can be a decode-head width (a positive multiple of 32), else a ``ValueError``."""
+    if not is_positive_int(value) or value % HEAD_NUM_GROUPS:
+        raise ValueError(f"ham_channels must be a positive multiple of {HEAD_NUM_GROUPS} (the head's GroupNorm "
+                         f"groups), got {value!r}")
+    return value
+
+
 def check_positive_int(name: str, value: Any) -> int:
     """``value`` if :func:`is_positive_int`, else a ``ValueError`` naming ``name``."""
     if not is_positive_int(value):
@@ -79,12 +91,12 @@ def check_positive_int(name: str, value: Any) -> int:
     return value
 
 
-def check_md_r(variant: Variant, md_r: Any) -> int:
-    """``md_r`` if it is a positive int no larger than the head's width (the NMF factors a
-    ``channels x pixels`` matrix: a rank beyond ``channels`` only asks for memory, and a file
-    saying 10^6 would ask for gigabytes), else a ``ValueError`` naming the field."""
+def check_md_r(md_r: Any, ham_channels: int) -> int:
+    """``md_r`` if it is a positive int no larger than the head's width ``ham_channels`` (the
+    NMF factors a ``channels x pixels`` matrix: a rank beyond ``channels`` only asks for
+    memory, and a file saying 10^6 would ask for gigabytes), else a ``ValueError`` naming
+    the field."""
     check_positive_int("md_r", md_r)
-    if md_r > variant.ham_channels:
-        raise ValueError(f"md_r {md_r} is more than SegNeXt-{variant.name.upper()}'s {variant.ham_channels} "
-                         "head channels")
+    if md_r > ham_channels:
+        raise ValueError(f"md_r {md_r} is more than the head's {ham_channels} channels")
     return md_r

@@ -31,6 +31,7 @@ import torch
 from ..datasets import get_dataset, label_space
 from ..datasets import reduce_zero_label as shift_zero_label
 from ..errors import BadInputError
+from ..images import MAX_PIXELS, check_size, read_rgb
 from ..models.predict import MAX_SIDE, MIN_SIDE, MIN_STRIDE
 from ..models.preprocessing import ResizedImage, resize_for_test
 from ..progress import progress_bar
@@ -143,15 +144,10 @@ def list_samples(layout: Layout, root: Path) -> list[Sample]:
     return samples
 
 
-def load_image(path: Path) -> np.ndarray:
-    """RGB uint8 (H, W, 3); greyscale and RGBA files are converted as OpenCV's colour read does."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            return np.array(img.convert("RGB"))
-    except (OSError, ValueError) as err:
-        raise BadInputError(f"cannot read image {path}: {err}") from None
+def load_image(path: Path, max_pixels: Optional[int] = MAX_PIXELS) -> np.ndarray:
+    """RGB uint8 (H, W, 3) decoded as MMSeg's ``LoadImageFromFile`` (OpenCV) does: see
+    :func:`segnext_hub.images.read_rgb` (EXIF orientation, 16-bit, CMYK, pixel limit)."""
+    return read_rgb(path, max_pixels=max_pixels)
 
 
 def load_label(path: Path, reduce_zero_label: bool) -> np.ndarray:
@@ -164,8 +160,11 @@ def load_label(path: Path, reduce_zero_label: bool) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
+            check_size(path, img.width, img.height, MAX_PIXELS)
             label = np.array(img)
     except (OSError, ValueError) as err:
+        if isinstance(err, BadInputError):
+            raise
         raise BadInputError(f"cannot read label {path}: {err}") from None
     label = label.squeeze()
     if label.ndim != 2:
@@ -254,7 +253,7 @@ def iter_samples(data_dir: PathLike, dataset: Optional[str] = None,
 def _class_names(model: Any, dataset: str) -> tuple[str, ...]:
     """The names the model's own record gives its classes (a relabelled label space), else
     the dataset's."""
-    config = model.segnext_config
+    config = getattr(model, "segnext_config", None)  # any model with predict() is evaluated
     return label_space(int(model.num_classes), dataset, config.classes if config else None).classes
 
 

@@ -13,6 +13,7 @@ import torch
 from ..datasets import LabelSpace, label_space
 from ..errors import BadInputError
 from ..fileio import atomic_write_bytes
+from ..images import MAX_PIXELS, check_header
 from ..models.predict import check_sizes
 from ..models.preprocessing import resize_for_test
 from ..progress import progress_bar
@@ -22,7 +23,7 @@ from .visualize import save_outputs
 
 def test_settings(model: Any, mode: Optional[str] = None) -> dict[str, Any]:
     """predict() keyword arguments from the model's config (test mode, resize, crop, stride)."""
-    config = model.segnext_config
+    config = getattr(model, "segnext_config", None)  # any model with predict() is evaluated
     settings: dict[str, Any] = {"mode": "whole"}
     layout = DATASET_LAYOUTS.get(config.dataset or "") if config else None
     if layout is not None:  # evaluate's per-dataset MMSeg test settings
@@ -47,7 +48,7 @@ LEGEND_FILE = "legend.json"
 def model_label_space(model: Any) -> LabelSpace:
     """The classes and colours a model's outputs are shown with: those the artifact
     recorded (config.json / safetensors metadata / checkpoint meta), else its dataset's."""
-    config = model.segnext_config
+    config = getattr(model, "segnext_config", None)  # any model with predict() is evaluated
     if config is None:
         return label_space(int(model.num_classes), None)
     return label_space(int(model.num_classes), config.dataset, config.classes, config.palette)
@@ -64,15 +65,15 @@ def write_legend(space: LabelSpace, out: Path) -> Path:
 class _ImageFiles(torch.utils.data.Dataset):
     """Decodes and test-resizes one image file per item; runs in DataLoader workers."""
 
-    def __init__(self, paths: Sequence[Path], scale: Optional[tuple[int, int]]) -> None:
-        self.paths, self.scale = list(paths), scale
+    def __init__(self, paths: Sequence[Path], scale: Optional[tuple[int, int]], max_pixels: Optional[int]) -> None:
+        self.paths, self.scale, self.max_pixels = list(paths), scale, max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, Any, Any]:
         try:
-            rgb = load_image(self.paths[index])
+            rgb = load_image(self.paths[index], self.max_pixels)
         except BadInputError as err:  # travels as text: a worker's exception would carry a traceback
             return index, None, str(err)
         return index, rgb, resize_for_test(rgb, self.scale)
@@ -86,12 +87,17 @@ def iter_predictions(
     seed: Optional[int] = 0,
     batch_size: int = 1,
     workers: int = 0,
+    max_pixels: Optional[int] = MAX_PIXELS,
+    skipped: Optional[list[tuple[Path, str]]] = None,
 ) -> Iterator[tuple[Path, np.ndarray, Any]]:
     """(path, RGB image, Prediction) for each file, in order; ``settings`` are predict()'s keywords.
 
     ``workers`` DataLoader processes decode and resize; ``batch_size`` same-size images
     share a forward. ``seed``: every image draws from a generator seeded with ``seed``
     (None: the global RNG, image after image); either way the masks equal batch size 1's.
+    ``max_pixels``: see :func:`segnext_hub.images.read_rgb`. ``skipped``: when a list, an
+    image that cannot be read is appended as (path, reason) and skipped; else it raises
+    BadInputError.
     """
     if batch_size < 1 or workers < 0:
         raise BadInputError(f"batch size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
@@ -102,17 +108,61 @@ def iter_predictions(
                                     if settings.get("mode") == "slide" else {}))
     except ValueError as err:
         raise BadInputError(str(err)) from None
-    loader = torch.utils.data.DataLoader(_ImageFiles(paths, scale), batch_size=batch_size, num_workers=workers,
-                                         collate_fn=list, generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(_ImageFiles(paths, scale, max_pixels), batch_size=batch_size,
+                                         num_workers=workers, collate_fn=list,
+                                         generator=torch.Generator().manual_seed(0))
     for batch in loader:
-        for _, _, resized in batch:
+        for index, _, resized in batch:
             if isinstance(resized, str):
-                raise BadInputError(resized)
+                if skipped is None:
+                    raise BadInputError(resized)
+                skipped.append((paths[index], resized))
+        batch = [item for item in batch if not isinstance(item[2], str)]
+        if not batch:
+            continue
         gens = [None if seed is None else torch.Generator().manual_seed(seed) for _ in batch]
         preds = model.predict_resized([resized for _, _, resized in batch], generator=gens,
                                       batch_size=batch_size, **settings)
         for (index, rgb, _), pred in zip(batch, preds):
             yield paths[index], rgb, pred
+
+
+def output_stems(paths: Sequence[Path]) -> list[str]:
+    """A distinct output stem per input, so no image's outputs overwrite another's.
+
+    The file's stem when no other input shares it (case-insensitively: output folders may
+    be on a case-insensitive disk); else the stem plus the extension (``twin_jpg``,
+    ``twin_png``); else the path relative to the inputs' common folder, joined with ``_``;
+    a counter settles what still clashes. Distinct stems give distinct files, since the
+    three kinds' suffixes (``_classes``, ``_color``, ``_overlay``) end differently.
+    """
+    resolved = [Path(os.path.abspath(p)) for p in paths]
+    common = Path(os.path.commonpath([str(p.parent) for p in resolved])) if resolved else Path()
+
+    def level(path: Path, depth: int) -> str:
+        if depth == 0:
+            return path.stem
+        with_ext = f"{path.stem}_{path.suffix.lstrip('.')}" if path.suffix else path.stem
+        if depth == 1:
+            return with_ext
+        return "_".join([*path.parent.relative_to(common).parts, with_ext])
+
+    stems = [p.stem for p in resolved]
+    for index, path in enumerate(resolved):
+        for depth in range(3):
+            stems[index] = level(path, depth)
+            others = [level(q, depth).casefold() for j, q in enumerate(resolved) if j != index]
+            if stems[index].casefold() not in others:
+                break
+    taken: set[str] = set()
+    for index, stem in enumerate(stems):
+        unique, n = stem, 1
+        while unique.casefold() in taken:
+            n += 1
+            unique = f"{stem}_{n}"
+        taken.add(unique.casefold())
+        stems[index] = unique
+    return stems
 
 
 def predict_files(
@@ -125,13 +175,41 @@ def predict_files(
     progress: Optional[bool] = None,
     batch_size: int = 1,
     workers: int = 0,
+    max_pixels: Optional[int] = MAX_PIXELS,
+    skipped: Optional[list[tuple[Path, str]]] = None,
 ) -> list[dict[str, Path]]:
     """Predict each image and write ``<stem>_classes.png``, ``_color.png``, ``_overlay.png``,
     and one ``legend.json`` naming each class index and its colour.
 
-    ``seed``: every image draws its bases from a generator seeded with ``seed`` (what
-    ``torch.manual_seed(seed)`` before it would give), so a result does not depend on
-    which images came before it. ``batch_size``/``workers``: see :func:`iter_predictions`.
+    Every input gets outputs of its own (:func:`output_stems`: ``twin.jpg`` and ``twin.png``
+    give ``twin_jpg_*`` and ``twin_png_*``). Every header is checked before the first
+    forward, so a bad file or one over the pixel limit stops the run before anything is
+    written; an image that fails later leaves no file of its own. ``out_dir`` is created
+    with the first outputs, ``legend.json`` written beside them, and a folder this call
+    created is removed again when the run fails before writing an image.
+
+    Args:
+        model: a segmentor from :func:`segnext_hub.load`.
+        images: image files.
+        out_dir: the output folder (created if needed).
+        mode: whole | slide (default: the weights' test mode).
+        seed: every image draws its bases from a generator seeded with ``seed`` (what
+            ``torch.manual_seed(seed)`` before it would give), so a result does not depend
+            on which images came before it.
+        progress: show a progress bar (None: on a terminal, for more than one image).
+        batch_size: same-size images per forward (see :func:`iter_predictions`).
+        workers: DataLoader processes that decode and resize.
+        max_pixels: refuse images larger than this (None: no limit); the default is
+            :data:`segnext_hub.images.MAX_PIXELS` (50 MP).
+        skipped: when a list, images that cannot be read are appended as (path, reason)
+            and skipped (the CLI's ``--skip-bad``); else the first one raises.
+
+    Returns:
+        One dict of written paths (``classes``/``color``/``overlay``) per predicted image.
+
+    Raises:
+        BadInputError: a backbone-only model, a missing image, or (without ``skipped``) an
+            unreadable one or one over the pixel limit.
     """
     if not hasattr(model, "predict_resized"):
         raise BadInputError("predict needs a segmentor; this artifact is a backbone only")
@@ -139,17 +217,42 @@ def predict_files(
     for path in paths:
         if not path.is_file():
             raise BadInputError(f"image {path} does not exist")
+    stems = dict(zip(paths, output_stems(paths)))
+    readable = _check_headers(paths, max_pixels, skipped)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    created = not out.exists()
     space = model_label_space(model)
     palette = space.palette_array()
-    write_legend(space, out)
-    stems = [p.stem for p in paths]
-    written = []
-    with progress_bar(len(paths), "predict", progress if len(paths) > 1 else False, unit="img") as bar:
-        for path, rgb, pred in iter_predictions(model, paths, test_settings(model, mode), seed=seed,
-                                                batch_size=batch_size, workers=workers):
-            stem = path.stem if stems.count(path.stem) == 1 else f"{path.parent.name}_{path.stem}"
-            written.append(save_outputs(rgb, pred.mask.numpy(), palette, out, stem))
-            bar.update(1)
+    written: list[dict[str, Path]] = []
+    try:
+        with progress_bar(len(readable), "predict", progress if len(readable) > 1 else False, unit="img") as bar:
+            for path, rgb, pred in iter_predictions(model, readable, test_settings(model, mode), seed=seed,
+                                                    batch_size=batch_size, workers=workers, max_pixels=max_pixels,
+                                                    skipped=skipped):
+                out.mkdir(parents=True, exist_ok=True)
+                written.append(save_outputs(rgb, pred.mask.numpy(), palette, out, stems[path]))
+                if len(written) == 1:
+                    write_legend(space, out)
+                bar.update(1)
+    except BaseException:
+        if created and not written and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
     return written
+
+
+def _check_headers(paths: Sequence[Path], max_pixels: Optional[int],
+                   skipped: Optional[list[tuple[Path, str]]]) -> list[Path]:
+    """The paths whose header opens and is within the pixel limit; the others raise (or,
+    with ``skipped``, are listed there). No pixel data is decoded."""
+    readable = []
+    for path in paths:
+        try:
+            check_header(path, max_pixels=max_pixels)
+        except BadInputError as err:
+            if skipped is None:
+                raise
+            skipped.append((path, str(err)))
+        else:
+            readable.append(path)
+    return readable

@@ -37,6 +37,9 @@ from ..hub.registry import get_artifact
 from ..loading import load_folder, resolve
 
 PLACEHOLDER_REPO = "ORG/NAME"
+# Written into every exported folder (never uploaded: push sends REPO_FILES only). ``--force``
+# replaces a folder only when it carries this, naming every file in it.
+EXPORT_MANIFEST = "segnext-export.json"
 _DATASET_TITLES = {"ade20k": "ADE20K", "cityscapes": "Cityscapes", "isaid": "iSAID", "imagenet": "ImageNet-1k"}
 _CHUNK = 1 << 20
 
@@ -144,8 +147,34 @@ def _check_out_dir(out: Path, force: bool) -> None:
         raise BadInputError(f"{out} exists and is not a folder")
     if out.exists() and not force:
         raise BadInputError(f"{out} already exists (use --force to replace it)")
+    if out.exists():
+        _check_earlier_export(out)
     if not out.parent.is_dir():
         raise BadInputError(f"output directory {out.parent} does not exist")
+
+
+def _check_earlier_export(out: Path) -> None:
+    """``--force`` deletes the old folder, so it must be one an export wrote (its
+    :data:`EXPORT_MANIFEST` lists every file in it) or empty: never a folder of someone's
+    own files given by mistake."""
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    marker = out / EXPORT_MANIFEST
+    data = {} if marker.is_symlink() else _read_json(marker)
+    if data.get("segnext_hub_export") != 1 or not isinstance(data.get("files"), list):
+        raise BadInputError(f"{out} was not written by an export (no {EXPORT_MANIFEST}); --force replaces only "
+                            "an earlier export: choose another folder or remove it yourself")
+    stray = [name for name in entries if name not in {*map(str, data["files"]), EXPORT_MANIFEST}]
+    if stray:
+        raise BadInputError(f"{out} holds {stray[0]!r}, which the earlier export did not write; --force replaces "
+                            "only an export's own files: move it away first")
+
+
+def _write_export_manifest(folder: Path) -> None:
+    files = sorted(p.name for p in folder.iterdir())
+    data = {"segnext_hub_export": 1, "files": files, "segnext_hub_version": __version__}
+    (folder / EXPORT_MANIFEST).write_text(json.dumps(data, indent=1), encoding="utf-8")
 
 
 def _replace_dir(staging: Path, out: Path) -> None:
@@ -174,7 +203,8 @@ def export_folder(name_or_path: Union[str, PathLike], out_dir: PathLike, *, forc
     ``model.safetensors`` + ``config.json`` (e.g. an earlier export, whose README.md is
     kept). ``repo_id`` only fills the model card's usage line. The folder is built beside
     ``out_dir`` and renamed into place, so it is either complete or absent; an existing
-    ``out_dir`` is replaced only with ``force``.
+    ``out_dir`` is replaced only with ``force``, and only when it is empty or an earlier
+    export (its ``segnext-export.json`` names every file in it).
     """
     out = Path(out_dir).expanduser()
     _check_out_dir(out, force)
@@ -188,6 +218,7 @@ def export_folder(name_or_path: Union[str, PathLike], out_dir: PathLike, *, forc
                               manifest=staged.manifest, conversion=staged.conversion,
                               model_sha256=staged.model_sha256)
             (staging / CARD_FILE).write_text(card, encoding="utf-8")
+        _write_export_manifest(staging)
         _replace_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -94,8 +94,9 @@ def save_outputs(image: Any, mask: Any, palette: Any, out_dir: PathLike, stem: s
                  alpha: float = 0.5) -> dict[str, Path]:
     """Write ``<stem>_classes.png``, ``<stem>_color.png`` and ``<stem>_overlay.png``.
 
-    Each file is written atomically and replaces an existing one, so an interrupted run
-    never leaves a truncated PNG behind. Returns the paths by kind
+    All three are encoded before the first is written, each file is written atomically
+    and replaces an existing one, and a failed write removes the ones this call wrote: an
+    image gets its three files or none, never a truncated PNG. Returns the paths by kind
     (``classes``/``color``/``overlay``).
     """
     out = Path(out_dir)
@@ -108,11 +109,16 @@ def save_outputs(image: Any, mask: Any, palette: Any, out_dir: PathLike, stem: s
         raise BadInputError(f"mask shape {idx.shape} does not match image shape {img.shape[:2]}")
     color = colorize(idx, pal)
     arrays = {"classes": idx, "color": color, "overlay": overlay(img, color, alpha)}
-    paths = {}
-    for kind, array in arrays.items():
-        path = out / f"{stem}_{kind}.png"
-        data = _png_bytes(array)
-        with atomic_writer(path, force=True) as handle:
-            handle.write(data)
-        paths[kind] = path
+    encoded = {kind: _png_bytes(array) for kind, array in arrays.items()}
+    paths: dict[str, Path] = {}
+    try:
+        for kind, data in encoded.items():
+            path = out / f"{stem}_{kind}.png"
+            with atomic_writer(path, force=True) as handle:
+                handle.write(data)
+            paths[kind] = path
+    except BaseException:
+        for path in paths.values():
+            path.unlink(missing_ok=True)
+        raise
     return paths

@@ -89,6 +89,7 @@ def _metadata(model: nn.Module, tensors: dict[str, torch.Tensor], classes: Optio
                 raise BadInputError(f"{len(values)} {name} for a {num_classes}-class head")
         # The trained head is the truth about classes and rank, whatever the config said.
         config = config.replace(num_classes=num_classes, md_r=model.decode_head.md_r,
+                                ham_channels=model.decode_head.ham_channels,
                                 md_r_source=config.md_r_source or "the trained model's head")
         if classes is not None:
             space = label_space(num_classes, None, list(classes), palette)

@@ -31,12 +31,13 @@ from typing import Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from ..datasets import get_dataset, reduce_zero_label
 from ..errors import BadInputError
+from ..images import MAX_PIXELS, check_size, read_rgb
 from ..models.loss import IGNORE_INDEX
 from ..models.preprocessing import keep_ratio_size, normalise, resize_like_opencv
 
@@ -168,18 +169,15 @@ def read_class_list(classes: ClassList) -> list[str]:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, turned upright by its EXIF tag as ``cv2.imread`` does."""
-    try:
-        with Image.open(path) as img:
-            return np.array(ImageOps.exif_transpose(img).convert("RGB"))
-    except OSError as err:
-        raise BadInputError(f"cannot read image {path}: {err}") from None
+    """(H, W, 3) uint8 RGB decoded as MMSeg's ``cv2`` read does (:func:`segnext_hub.images.read_rgb`)."""
+    return read_rgb(path)
 
 
 def read_label(path: Path) -> np.ndarray:
     """(H, W) uint8 class indices from a single-channel PNG (palette, grey or 16-bit)."""
     try:
         with Image.open(path) as img:
+            check_size(path, img.width, img.height, MAX_PIXELS)
             label = np.array(img)
     except OSError as err:
         raise BadInputError(f"cannot read label {path}: {err}") from None

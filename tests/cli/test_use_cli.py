@@ -97,6 +97,21 @@ def test_export_cli_checks_onnxruntime(tmp_path):
     assert code == 2 and "exists" in err
 
 
+def test_export_openvino_refusals_are_one_line(tmp_path):
+    """Where OpenVINO is not installed (the main venv), --format openvino says how to get it,
+    before any model is loaded; int8 options refuse the ONNX format. Exit 2, nothing written."""
+    import importlib.util
+
+    code, _, err = cli("export", "no-such-model", tmp_path / "t.onnx", "--int8", "--calib", tmp_path)
+    assert code == 2 and "--format openvino" in err and len(err.splitlines()) == 1
+    code, _, err = cli("export", "no-such-model", tmp_path / "t.xml", "--calib", tmp_path)
+    assert code == 2 and "--calib is only used with --int8" in err
+    if importlib.util.find_spec("openvino") is None:
+        code, _, err = cli("export", "no-such-model", tmp_path / "t.xml")
+        assert code == 2 and "pip install 'segnext-hub[openvino]'" in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_predict_fast_agrees_with_exact(mirror, tmp_path):
     import segnext_hub
     from segnext_hub.models.fused.model import FusedSegNeXt

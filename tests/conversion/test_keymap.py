@@ -48,7 +48,7 @@ def reference_keys(variant: str, backbone: bool) -> set[str]:
 
 
 def test_shipped_maps():
-    assert available_key_maps() == ["jittor", "mmseg", "official"]
+    assert available_key_maps() == ["jittor", "mmseg", "official", "paddle"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -48,8 +48,8 @@ def toy_layout(tmp_path):
 
 
 def test_shipped_layouts_derive_targets_choices_and_registry_names():
-    assert layout_names() == ("mmseg", "jittor", "official")
-    assert layout_names(targets_only=True) == ("mmseg", "official")
+    assert layout_names() == ("mmseg", "jittor", "official", "paddle")
+    assert layout_names(targets_only=True) == ("mmseg", "official", "paddle")
     assert {art.layout for art in load_registry().values()} <= set(layout_names())
     from segnext_hub.cli.convert import main
 

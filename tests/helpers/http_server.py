@@ -65,6 +65,7 @@ class Request:
     method: str
     path: str
     range: Optional[str]
+    accept_encoding: Optional[str] = None
     status: int = 0
     sent: int = 0  # body bytes actually written
 
@@ -96,7 +97,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _respond(self, head: bool) -> None:
         owner = self.server.owner
-        record = Request(self.command, self.path, self.headers.get("Range"))
+        record = Request(self.command, self.path, self.headers.get("Range"), self.headers.get("Accept-Encoding"))
         data, fault = owner._lookup(self.path, record)
         if data is None:
             return self._empty(record, 404)

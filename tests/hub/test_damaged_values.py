@@ -43,7 +43,7 @@ def _edit_config(folder, change) -> None:
 
 @pytest.mark.parametrize("change, words", [
     (lambda c: c.update(md_r=10**6), "md_r 1000000 must be an integer in 1..1024"),
-    (lambda c: c.update(md_r=300), "md_r 300 is more than SegNeXt-T's 256 head channels"),
+    (lambda c: c.update(md_r=300), "md_r 300 is more than the head's 256 channels"),
     (lambda c: c.pop("variant"), "names no variant"),
     (lambda c: c.update(num_classes="x"), "num_classes 'x' must be an integer"),
     (lambda c: c.update(test_stride=[1, 1]), "test_stride [1, 1] must be two integers in 32..8192"),
@@ -78,7 +78,7 @@ def test_md_r_beyond_the_head_in_safetensors_metadata_names_the_field_and_file(t
         segnext_hub.load(path)
     with pytest.raises(BadInputError, match="md_r argument: md_r 300 is more than"):
         segnext_hub.load("mscan-t", md_r=300)
-    with pytest.raises(BadInputError, match="md_r 2000 is more than SegNeXt-B's 512"):
+    with pytest.raises(BadInputError, match="md_r 2000 is more than the head's 512"):
         segnext_hub.create_model("b", md_r=2000)
 
 
@@ -123,7 +123,7 @@ def test_md_r_beyond_the_head_in_a_checkpoints_config_text_is_bad_input(tmp_path
     path = tmp_path / "wide.pth"
     path.write_bytes(factory.to_bytes(factory.mmengine_checkpoint(state, variant="t", md_r=md_r, seed=1, classes=None,
                                                                   palette=None, num_classes=150)))
-    words = f"md_r {md_r} is more than SegNeXt-T's 256 head channels (read from checkpoint meta"
+    words = f"md_r {md_r} is more than the head's 256 channels (read from checkpoint meta"
     with pytest.raises(BadInputError, match=r"wide.pth: " + words.replace("(", r"\(")):
         segnext_hub.load(path)
     result = CliRunner().invoke(convert_cli, [str(path), str(tmp_path / "out.safetensors")])

@@ -164,7 +164,7 @@ def test_load_local_files(tmp_path, monkeypatch):
 
 def test_cli_list_info_path_verify_rm_log(mirror):
     code, out = cli("list")
-    assert code == 0 and len(out.strip().splitlines()) == 37 and "mscan-l-isaid-jittor" in out
+    assert code == 0 and len(out.strip().splitlines()) == 45 and "mscan-l-isaid-jittor" in out
     mirror.serve("mscan-t")
     result = CliRunner().invoke(hub_cli, ["pull", "-q", "mscan-t"])
     assert result.exit_code == 0 and result.stdout.strip() == str(artifact_dir("mscan-t"))

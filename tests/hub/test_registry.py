@@ -30,6 +30,7 @@ def expected_names() -> set[str]:
         names |= {f"mscan-{v}", f"mscan-{v}-in1k"}
         names |= {f"mscan-{v}-{d}-official" for d in ("ade20k", "cityscapes", "in1k")}
         names |= {f"mscan-{v}-{d}-jittor" for d in ("ade20k", "cityscapes", "isaid", "in1k")}
+        names |= {f"mscan-{v}-{d}-paddle" for d in ("cityscapes", "in1k")}
     return names
 
 
@@ -40,7 +41,7 @@ def packaged_document() -> dict:
 
 def test_every_published_artifact_is_named_exactly_once():
     names = [a.name for a in list_artifacts()]
-    assert len(names) == 36 == len(set(names))
+    assert len(names) == 44 == len(set(names))
     assert set(names) == expected_names()
 
 
@@ -115,7 +116,10 @@ def test_md_r_values_and_their_status():
 
 def test_test_modes_per_dataset():
     for art in list_artifacts():
-        if art.dataset == "cityscapes":
+        if art.dataset == "cityscapes" and art.layout == "paddle":
+            # PaddleSeg evaluates the whole 2048x1024 image (its configs set no test_config).
+            assert (art.test_mode, art.test_crop_size, art.resize_scale) == ("whole", None, (2048, 1024))
+        elif art.dataset == "cityscapes":
             assert (art.test_mode, art.test_crop_size, art.test_stride, art.resize_scale) == (
                 "slide", (1024, 1024), (768, 768), (2048, 1024))
         elif art.dataset == "ade20k":
@@ -129,6 +133,21 @@ def test_reported_metrics():
     assert get_artifact("mscan-l").metrics.fps == 22.91
     assert get_artifact("mscan-b-cityscapes-official").metrics.miou_ms == 83.8
     assert get_artifact("mscan-s-isaid-jittor").metrics.miou == 68.8
+    assert get_artifact("mscan-t-cityscapes-paddle").metrics.miou == 81.04
+    assert get_artifact("mscan-l-cityscapes-paddle").metrics.miou_ms == 83.6
+
+
+def test_paddle_entries_carry_their_head_width_and_licence():
+    """PaddleSeg's configs build every size 256 wide with MD_R 16 (configs/segnext/*.yml)."""
+    for v in VARIANTS:
+        seg, backbone = get_artifact(f"mscan-{v}-cityscapes-paddle"), get_artifact(f"mscan-{v}-in1k-paddle")
+        assert (seg.ham_channels, seg.md_r, seg.num_classes, seg.layout) == (256, 16, 19, "paddle")
+        assert backbone.ham_channels is None and backbone.url.endswith(f"mscan_{v}_imagenet_pretrained.zip")
+        assert seg.log_url == seg.url.replace("model.pdparams", "train.log")
+        assert "Apache-2.0" in seg.license and seg.sha256 is None
+    assert get_artifact("segnext-b-cityscapes-paddle").name == "mscan-b-cityscapes-paddle"
+    with pytest.raises(BadInputError, match="mscan-l-in1k-official, mscan-l-in1k-jittor, mscan-l-in1k-paddle"):
+        get_artifact("mscan_l_imagenet_pretrained.zip")  # PaddleSeg's file name names no source
 
 
 @pytest.mark.parametrize("name", ["MSCAN-T", " mscan_t_ade20k_official "])

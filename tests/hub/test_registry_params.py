@@ -17,20 +17,22 @@ from segnext_hub.models import build_model, get_variant
 from .test_registry import packaged_document
 
 
-def real_param_count(variant: str, kind: str, num_classes: int | None) -> int:
+def real_param_count(variant: str, kind: str, num_classes: int | None, ham_channels: int | None = None) -> int:
     with torch.device("meta"):
-        model = build_model(variant, num_classes=num_classes or 1, backbone_only=kind == "backbone")
+        model = build_model(variant, num_classes=num_classes or 1, backbone_only=kind == "backbone",
+                            ham_channels=ham_channels)
     return sum(p.numel() for p in model.parameters())
 
 
-_MODELS = sorted({(a.variant, a.kind, a.num_classes or 0) for a in list_artifacts()})
+_MODELS = sorted({(a.variant, a.kind, a.num_classes or 0, a.ham_channels or 0) for a in list_artifacts()})
 
 
-@pytest.mark.parametrize("variant, kind, num_classes", _MODELS, ids=lambda v: str(v))
-def test_params_field_equals_the_real_models_parameter_count(variant, kind, num_classes):
-    real = real_param_count(variant, kind, num_classes or None)
+@pytest.mark.parametrize("variant, kind, num_classes, ham_channels", _MODELS, ids=lambda v: str(v))
+def test_params_field_equals_the_real_models_parameter_count(variant, kind, num_classes, ham_channels):
+    real = real_param_count(variant, kind, num_classes or None, ham_channels or None)
     same_model = [a for a in list_artifacts()
-                  if (a.variant, a.kind, a.num_classes or 0) == (variant, kind, num_classes)]
+                  if (a.variant, a.kind, a.num_classes or 0, a.ham_channels or 0)
+                  == (variant, kind, num_classes, ham_channels)]
     wrong = {a.name: a.params for a in same_model if a.params != real}
     assert not wrong, f"registry params differ from the model's {real}: {wrong}"
     assert all(expected_param_count(a) == real for a in same_model)

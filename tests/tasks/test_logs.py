@@ -317,3 +317,26 @@ def test_byte_order_mark_and_bracketed_text(tmp_path):
     assert parse_log(path).best_miou == 84.64
     text = "[INFO] not a log\n" + (DATA / "mmengine-0.5.0_pspnet_glomeruli.log").read_text()
     assert parse_log_text(text).final_miou == 84.64
+
+
+@pytest.mark.parametrize("name, seed, mmcv, mmseg", [
+    ("mmcv-1.4.6_segnext-b_celebamask.log.json", 1769036558, "1.4.6", "0.25.0+"),
+    ("mmcv-1.6.0_segnext-l_voc.log.json", 1636082973, "1.6.0", "0.24.1+"),
+    ("mmcv-1.7.0_deeplabv3plus_voc.log.json", 0, "1.7.0", "0.29.1+9625c9b"),
+])
+def test_mmseg_0x_json_header_gives_seed_and_versions(name, seed, mmcv, mmseg):
+    """Issue 21 point 5, on the real MMSeg 0.x logs in tests/data/logs (sources in SOURCES.md):
+    the first record's ``seed`` (0 included: a seed of 0 is a seed), ``mmseg_version`` and the
+    versions printed in ``env_info`` are reported."""
+    summary = parse_log(DATA / name)
+    assert (summary.seed, summary.seed_source) == (seed, "training log meta.seed")
+    assert (summary.mmcv_version, summary.mmseg_version) == (mmcv, mmseg)
+
+
+def test_mmseg_version_key_alone_is_read_when_env_info_is_missing():
+    """The real deeplabv3plus header without its env_info block: mmseg_version still comes through."""
+    lines = (DATA / "mmcv-1.7.0_deeplabv3plus_voc.log.json").read_text().splitlines()
+    header = json.loads(lines[0])
+    del header["env_info"]
+    summary = parse_log_lines([json.dumps(header)] + lines[1:])
+    assert (summary.seed, summary.mmseg_version, summary.mmcv_version) == (0, "0.29.1+9625c9b", None)

@@ -37,7 +37,8 @@ from tests.helpers.mirror import checkpoint_bytes, mirror_path, training_log
 
 TOKEN = "hf_test_write_token"
 REPO = "me/segnext-t"
-EXPORT_FILES = {"model.safetensors", "config.json", "README.md"}
+UPLOADED = {"model.safetensors", "config.json", "README.md"}
+EXPORT_FILES = UPLOADED | {"segnext-export.json"}  # the export's own manifest stays local
 
 
 @pytest.fixture(scope="module")
@@ -170,17 +171,46 @@ def test_export_refuses_an_existing_folder_and_never_leaves_half_a_folder(world,
     one_line(err.value)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
+    with pytest.raises(BadInputError, match="was not written by an export") as err:  # finding 11
+        publish.export_folder("mscan-t", out, force=True)
+    one_line(err.value)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    publish.export_folder("mscan-t", out, force=True)  # an empty folder has nothing to lose
+
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint at all")
     with pytest.raises(BadInputError) as err:
         publish.export_folder(junk, out, force=True)
     one_line(err.value)
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]  # failed export: old folder untouched
+    assert {p.name for p in out.iterdir()} == EXPORT_FILES  # failed export: old folder untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.pth", "out"]  # no staging folder left
 
     publish.export_folder("mscan-t", out, force=True)
     assert {p.name for p in out.iterdir()} == EXPORT_FILES
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.pth", "out"]  # old copy removed
+
+
+def test_force_replaces_only_an_earlier_export(world, tmp_path):
+    """Issue 19, finding 11: ``push --folder-only DIR --force`` once deleted any folder. Now
+    only one whose segnext-export.json names every file in it (not a forged marker over a
+    folder of someone's files, not a file added to an export)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_text("years of work")
+    code, out = cli("push", "mscan-t", "--folder-only", str(home), "--force")
+    assert code == 2 and "was not written by an export" in out and len(out.strip().splitlines()) == 1
+    assert (home / "thesis.tex").read_text() == "years of work"
+
+    export = tmp_path / "export"
+    publish.export_folder("mscan-t", export)
+    (export / "notes.txt").write_text("added after the export")
+    with pytest.raises(BadInputError, match="holds 'notes.txt', which the earlier export did not write"):
+        publish.export_folder("mscan-t", export, force=True)
+    assert (export / "notes.txt").is_file()
+    (export / "notes.txt").unlink()
+    publish.export_folder("mscan-t", export, force=True)
+    assert {p.name for p in export.iterdir()} == EXPORT_FILES
 
 
 # --------------------------------------------------------------------------- round trip
@@ -191,7 +221,7 @@ def test_push_then_load_through_hf_round_trip(world, monkeypatch):
     url = publish.push("mscan-t", REPO, token=TOKEN)
     assert url == f"{hub.url}/{REPO}"
     pushed = hub.files(REPO)
-    assert set(pushed) == EXPORT_FILES
+    assert set(pushed) == UPLOADED
     cache = segnext_hub.pull("mscan-t").path
     assert pushed["model.safetensors"] == (cache / "model.safetensors").read_bytes()
     first_commit = hub.repos[REPO].head
@@ -321,7 +351,7 @@ def test_cli_push_folder_only_then_push(world):
     assert code == 0, out
     assert out.strip().splitlines()[-1] == f"{world.hub.url}/me/cli"
     assert world.hub.repos["me/cli"].private
-    assert set(world.hub.files("me/cli")) == EXPORT_FILES
+    assert set(world.hub.files("me/cli")) == UPLOADED
 
     code, out = cli("push", "--help")
     assert code == 0 and "--folder-only" in out and "hf://ORG/NAME" in out and "HF_TOKEN" in out
