@@ -135,8 +135,12 @@ def pull(name: str, *, strict: bool = False, progress: Optional[bool] = None, fo
             _refuse_offline(art, stage)
             result = _pull_into(art, stage, strict=strict, progress=progress)
         except SegnextHubError as err:
+            _drop_stage_unless_resumable(stage, art)
             if had_entry:
                 raise type(err)(f"{err}; the cached copy of {art.name} was left as it was") from None
+            raise
+        except BaseException:
+            _drop_stage_unless_resumable(stage, art)
             raise
         _install(entry, stage)
         logger.info("%s: %s", art.name, "replaced the cached copy" if had_entry else "pulled into the cache")
@@ -188,6 +192,18 @@ def _stage(art: Artifact) -> Path:
         if rel != "raw" and (rel not in keep or path.is_symlink() or not path.is_file()):
             _discard(path)
     return stage
+
+
+def _drop_stage_unless_resumable(stage: Path, art: Artifact) -> None:
+    """After a failed pull: the staging folder goes unless it holds a partial download with
+    bytes in it, which the next pull resumes (so a failure leaves the cache as it was)."""
+    partial = stage / "raw" / f"{art.filename}.partial"
+    try:
+        if partial.is_file() and not partial.is_symlink() and partial.stat().st_size > 0:
+            return
+    except OSError:
+        pass
+    _discard(stage)
 
 
 def _discard(path: Path) -> None:

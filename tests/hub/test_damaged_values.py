@@ -74,7 +74,7 @@ def test_md_r_beyond_the_head_in_safetensors_metadata_names_the_field_and_file(t
     meta = {**model.segnext_config.to_metadata(), "md_r": "300"}
     path = tmp_path / "wide.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=meta)
-    with pytest.raises(BadInputError, match=r"wide.safetensors metadata: md_r 300 is more than SegNeXt-T's 256"):
+    with pytest.raises(BadInputError, match=r"wide.safetensors metadata: md_r 300 is more than the head's 256 channels"):
         segnext_hub.load(path)
     with pytest.raises(BadInputError, match="md_r argument: md_r 300 is more than"):
         segnext_hub.load("mscan-t", md_r=300)
@@ -88,7 +88,7 @@ def test_md_r_beyond_the_head_in_safetensors_metadata_names_the_field_and_file(t
     (dict(mode="slide", crop_size=(1, 1), stride=(1, 1)), "crop_size (1, 1) must be two integers"),
     (dict(mode="slide", stride=(0, 0)), "stride (0, 0) must be two integers in 8..8192"),
     (dict(mode="slide", stride=(1, 1)), "stride (1, 1) must be two integers in 8..8192"),
-    (dict(mode="slide", scale=(1024, 1024), crop_size=(32, 32), stride=(8, 8)), "would run 13125 windows of .* at most 4096"),
+    (dict(mode="slide", scale=(1024, 1024), crop_size=(32, 32), stride=(8, 8)), "would run 13125 windows of .*at most 4096"),
 ])
 def test_predict_refuses_sizes_outside_the_documented_range(kwargs, words):
     model = segnext_hub.create_model("t", num_classes=2)
