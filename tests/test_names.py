@@ -50,14 +50,19 @@ def test_unknown_names_get_did_you_mean(name, hint):
         get_artifact(name)
 
 
-def test_a_local_folder_never_shadows_a_registry_name(tmp_path, monkeypatch, capsys):
+def test_a_local_folder_never_shadows_a_registry_name(tmp_path, monkeypatch, caplog):
+    """The library logs the note (the CLI shows it as ``note: ...``, tested below)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mscan-t").mkdir()
-    source = resolve("mscan-t")
+    with caplog.at_level("WARNING", logger="segnext_hub"):
+        source = resolve("mscan-t")
     assert (source.kind, source.name) == ("registry", "mscan-t")
-    assert "write ./mscan-t for the local path" in capsys.readouterr().err
+    assert "write ./mscan-t for the local path" in caplog.text
+    caplog.clear()
     assert resolve("./mscan-t").kind == "path"
-    assert resolve("mscan-t", note=False).kind == "registry" and capsys.readouterr().err == ""
+    with caplog.at_level("WARNING", logger="segnext_hub"):
+        assert resolve("mscan-t", note=False).kind == "registry"
+    assert caplog.text == ""
     (tmp_path / "mine").mkdir()  # not a registry name: the folder
     assert resolve("mine").path.resolve() == tmp_path / "mine"
     os.symlink(tmp_path / "gone", tmp_path / "dangling.pth")
