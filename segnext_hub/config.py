@@ -30,6 +30,10 @@ TEST_MODES = ("whole", "slide")
 MAX_CLASSES = 4096
 #: Largest NMF rank read from a file: no published head is wider than 1024 channels.
 MAX_MD_R = 1024
+#: The decode head's default width per variant (models.variants' ham_channels; a test keeps
+#: them equal), when ``ham_channels`` is None: an NMF rank above the width only asks for
+#: memory, so a file saying so is refused.
+HEAD_CHANNELS = {"t": 256, "s": 256, "b": 512, "l": 1024}
 #: Test-time sizes (resize scale, crop, stride), in pixels: from 32 to 8192 per side.
 MIN_SIDE, MAX_SIDE = 32, 8192
 
@@ -196,6 +200,9 @@ class ArtifactConfig:
         for name in ("md_r_source", "name", "dataset", "classes_source", "palette_source", "training_seed_source",
                      "source_layout", "source_url", "license", "segnext_hub_version", "pretrained_backbone"):
             _text(name, getattr(self, name))
+        if checked["md_r"] is not None:
+            width = checked["ham_channels"] or HEAD_CHANNELS[self.variant]
+            _check(checked["md_r"] <= width, "md_r", checked["md_r"], f"is more than the head's {width} channels")
         if self.kind == "segmentor":
             _check(self.num_classes is not None, "num_classes", None, "is required for a segmentor")
             for name in ("classes", "palette"):

@@ -51,6 +51,11 @@ class DamagedEntryError(SegnextHubError):
     exit_code = 1
 
 
+class ManifestError(BadInputError):
+    """A cache manifest no pull wrote (a name outside the entry, a value of the wrong kind):
+    the reason in words; the cache entry reports it as DAMAGED with the repair command."""
+
+
 class RemovedWhileLoading(SegnextHubError):
     """``segnext-hub rm`` (or another process) removed the artifact between our pull and
     our read; the user decides whether to pull it again. Exit 2."""

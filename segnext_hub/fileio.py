@@ -293,6 +293,9 @@ class StreamingSha256:
 
 #: config.json, manifests and other small JSON files segnext-hub reads: far below 1 MiB.
 MAX_JSON_BYTES = 1 << 20
+#: Training logs are a few MB (160k iterations of mmcv JSON lines: ~2 MB); a file over
+#: this is not one and is not read whole.
+MAX_LOG_BYTES = 64 << 20
 
 
 def parse_json(text: Union[str, bytes], where: str) -> Any:
@@ -328,3 +331,77 @@ def read_json_file(path: PathLike, what: str, *, max_bytes: int = MAX_JSON_BYTES
     if len(data) > max_bytes:
         raise BadInputError(f"{path} is over {max_bytes} bytes; no {what} file is that large")
     return parse_json(data, str(path))
+
+
+def open_confined(folder: PathLike, rel: str) -> IO[bytes]:
+    """Open ``folder/rel`` for reading, refusing anything that is not a regular file inside
+    ``folder``: no symbolic link at any step (the folder itself included), no FIFO, device
+    or socket.
+
+    ``rel`` must already be a plain relative name (``/``-separated, no ``..``). Each part is
+    opened relative to the one before with ``O_NOFOLLOW`` (``dir_fd``), so a link swapped in
+    between a check and the read cannot redirect it; ``O_NONBLOCK`` keeps a FIFO from
+    blocking the open. Where the OS has no ``dir_fd`` (Windows) each part is checked with
+    ``lstat`` first, which leaves a small race.
+
+    Raises:
+        FileNotFoundError: a part of the path does not exist (a missing file, not a refusal).
+        BadInputError: a part is a symbolic link or not a folder, the file is not a regular
+            file, or it cannot be opened (the message names ``rel``).
+    """
+    parts = rel.split("/")
+    if any(part in ("", ".", "..") for part in parts) or os.path.isabs(rel):
+        raise BadInputError(f"{rel!r} is not a plain name inside {folder}")
+    nofollow, directory = getattr(os, "O_NOFOLLOW", 0), getattr(os, "O_DIRECTORY", 0)
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0)
+    try:
+        if nofollow and os.open in os.supports_dir_fd:
+            fd = os.open(folder, flags | directory | nofollow)
+            for i, part in enumerate(parts):
+                last = i == len(parts) - 1
+                try:
+                    nxt = os.open(part, flags | nofollow | (os.O_NONBLOCK if last else directory), dir_fd=fd)
+                finally:
+                    os.close(fd)
+                fd = nxt
+        else:  # pragma: no cover - Windows
+            for i in range(len(parts) + 1):
+                step = Path(folder, *parts[:i])
+                if step.is_symlink():
+                    raise OSError(errno.ELOOP, "a symbolic link", str(step))
+            fd = os.open(Path(folder, *parts), flags)
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.EMLINK, errno.ENOTDIR):
+            raise BadInputError(f"{rel} is (or passes through) a symbolic link or a non-folder") from None
+        raise BadInputError(f"{rel} cannot be read ({err.strerror or err})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise BadInputError(f"{rel} is not a regular file")
+    if os.O_NONBLOCK and hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def read_confined(folder: PathLike, rel: str, max_bytes: int) -> bytes:
+    """The whole of ``folder/rel`` (see :func:`open_confined`), at most ``max_bytes``.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        BadInputError: refused by :func:`open_confined`, or larger than ``max_bytes``.
+    """
+    with open_confined(folder, rel) as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise BadInputError(f"{rel} is over {max_bytes} bytes")
+    return data
+
+
+def sha256_handle(handle: IO[bytes]) -> str:
+    """sha256 of an open file's remaining bytes."""
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: handle.read(CHUNK), b""):
+        digest.update(chunk)
+    return digest.hexdigest()

@@ -33,13 +33,14 @@ from .conversion.converter import convert_checkpoint
 from .conversion.reading import read_checkpoint
 from .conversion.verify import check_keys
 from .errors import BadInputError, RemovedWhileLoading
-from .hub.cache import artifact_dir, damaged, use_lock
+from .hub.cache import use_lock
 from .hub.config import CONFIG_FILE, MODEL_FILE, read_config
 from .hub.hf import download_repo
-from .hub.pull import cached_manifest, pull
+from .hub.entry import CacheEntry
+from .hub.pull import pull
 from .hub.names import Source, resolve  # noqa: F401 - part of this module's API
 from .models import Variant, get_variant
-from .models.variants import check_positive_int
+from .models.variants import check_md_r, check_positive_int
 from .models.factory import build_model
 from .models.fused import fuse
 
@@ -197,6 +198,11 @@ def build_from_config(config: ArtifactConfig, state: dict[str, torch.Tensor], *,
     backbone_only = config.is_backbone
     rank = md_r if md_r is not None else config.md_r
     width = None if backbone_only else config.ham_channels  # None: the variant's (older configs)
+    if md_r is not None and not backbone_only:
+        try:
+            check_md_r(md_r, width or get_variant(config.variant).ham_channels)
+        except ValueError as err:
+            raise BadInputError(f"md_r argument: {err}") from None
     skeleton = _meta_skeleton(config.variant, config.num_classes or 150, rank, backbone_only, width)
     check_keys(state, skeleton.expected)
     model = _copy_with_weights(skeleton, _place(state, device, dtype))
@@ -267,7 +273,7 @@ def read_folder(folder: Path) -> tuple[ArtifactConfig, dict[str, torch.Tensor]]:
     config_file, weights = folder / CONFIG_FILE, folder / MODEL_FILE
     if not config_file.is_file() or not weights.is_file():
         raise BadInputError(f"{folder} has no {MODEL_FILE} + {CONFIG_FILE}")
-    config = read_config(config_file)
+    config = read_config(config_file)  # values bounded, MD_R within the head (ArtifactConfig)
     return config, map_safetensors(weights)  # BadInputError naming the file when unreadable
 
 
@@ -276,20 +282,22 @@ def read_cached(name: str, *, progress: Optional[bool] = None) -> tuple[Artifact
 
     Maps the weights under the artifact's shared use lock, so ``rm`` or a repairing pull
     waits until the mapping exists (a file removed or replaced after that stays readable
-    through the mapping: both replace files by rename, never in place); the sizes of
-    config.json and model.safetensors are checked against the manifest first (a stat each)
-    and a damaged entry names the repair command.
+    through the mapping: both replace whole entries by rename, never a file in place); the
+    sizes of config.json and model.safetensors are checked against the manifest first (a
+    stat each), and every file is opened only as a regular file inside the entry. A
+    damaged entry (an unreadable file, a value out of range) names the repair command.
     """
+    entry = CacheEntry(name)
     for attempt in range(2):
         with use_lock(name):
             # Only what a load reads: a damaged training log must not stop inference.
-            manifest = cached_manifest(name, only=(CONFIG_FILE, MODEL_FILE))  # damage: one line + repair
+            manifest = entry.complete_manifest(only=(CONFIG_FILE, MODEL_FILE))  # damage: one line + repair
             if manifest is not None:
-                folder = artifact_dir(name)
+                config = entry.read_config()  # a value out of range: damage naming the field
                 try:
-                    return read_folder(folder)
+                    return config, map_safetensors(entry.weights)
                 except BadInputError as err:
-                    raise damaged(name, str(err).replace(f"{folder}/", ""), force=True) from None
+                    raise entry.damaged(str(err).replace(f"{entry.folder}/", "")) from None
         if attempt:
             break
         pull(name, progress=progress)
@@ -434,8 +442,11 @@ def create_model(variant: Union[str, Variant], *, num_classes: int = 150, md_r: 
         OfflineError: ``pretrained_backbone`` is an uncached name while offline.
     """
     spec = variant if isinstance(variant, Variant) else get_variant(variant)
-    model = build_model(spec, num_classes=_check_num_classes(num_classes), md_r=md_r, backbone_only=backbone_only,
-                        ham_channels=ham_channels)
+    try:
+        model = build_model(spec, num_classes=_check_num_classes(num_classes), md_r=md_r,
+                            backbone_only=backbone_only, ham_channels=ham_channels)
+    except ValueError as err:  # md_r or ham_channels out of range: bad input, one line
+        raise BadInputError(str(err)) from None
     config = ArtifactConfig(
         variant=spec.name, kind="backbone" if backbone_only else "segmentor",
         num_classes=None if backbone_only else num_classes,

@@ -127,13 +127,12 @@ def info(name_or_path: str, as_json: bool) -> None:
 def _registry_info(name: str, as_json: bool) -> None:
     import dataclasses
 
-    from ..hub.cache import artifact_dir
-    from ..hub.config import CONFIG_FILE, read_config
-    from ..hub.pull import cache_state
+    from ..hub.entry import CacheEntry
     from ..hub.registry import get_artifact
 
     art = get_artifact(name)
-    state, manifest, problem = cache_state(art.name)
+    entry = CacheEntry(art.name)
+    state, manifest, problem = entry.state()
     data = {"artifact": dataclasses.asdict(art), "cached": manifest is not None, "cache_state": state,
             "layout": art.layout, "training_seed": None, "training_seed_source": None, "record_warnings": []}
     data.update((key, getattr(art, key)) for key in ("variant", "kind", "num_classes", "md_r"))
@@ -141,20 +140,19 @@ def _registry_info(name: str, as_json: bool) -> None:
     if problem:
         data["damage"] = problem
     if manifest:
-        config = read_config(artifact_dir(art.name) / CONFIG_FILE)
+        config = entry.read_config()
         data.update({key: getattr(config, key) for key in ("md_r", "md_r_source", "training_seed",
                                                            "training_seed_source")},
-                    record_warnings=manifest.get("record_disagreements") or [])
-        data.update(path=str(artifact_dir(art.name)), raw_sha256=manifest.get("raw_sha256"),
-                    hash_status=manifest.get("hash_status"), warnings=manifest.get("warnings"),
-                    verification=manifest.get("conversion", {}).get("verification"),
-                    random_weights=manifest.get("random_weights"))
-        log_file = manifest.get("log_file")
-        if log_file:
-            from ..tasks.logs import parse_log
+                    record_warnings=list(manifest.record_disagreements))
+        data.update(path=str(entry.folder), raw_sha256=manifest.raw_sha256,
+                    hash_status=manifest.hash_status, warnings=list(manifest.warnings),
+                    verification=dict(manifest.verification) or None,
+                    random_weights=manifest.random_weights)
+        if manifest.log_file:
+            from ..tasks.logs import parse_log_bytes
 
             try:
-                data["log"] = parse_log(artifact_dir(art.name) / log_file).as_dict()
+                data["log"] = parse_log_bytes(*entry.read_log(manifest)).as_dict()
             except Exception as err:  # noqa: BLE001 - a bad log must not hide the rest
                 data["log_error"] = str(err)
         elif manifest.get("log_error"):
@@ -260,12 +258,11 @@ def log(name_or_file: str, plot_path: Optional[str], as_json: bool) -> None:
     """
     from ..errors import BadInputError
     from ..hub.names import resolve
-    from ..tasks.logs import format_summary, parse_log, plot_log
+    from ..tasks.logs import format_summary, parse_log, parse_log_bytes, plot_log
 
     source = resolve(name_or_file)  # a registry name wins over a local file of that name
     if source.kind == "hf":
         raise BadInputError(f"{name_or_file}: Hub repos carry no training log; give a registry name or a file")
-    path = source.path
     if source.kind == "registry":
         from ..hub.pull import pull as pull_artifact
         from ..hub.registry import get_artifact
@@ -273,13 +270,13 @@ def log(name_or_file: str, plot_path: Optional[str], as_json: bool) -> None:
         if get_artifact(source.name).log_url is None:  # known without a download
             raise BadInputError(f"{source.name}: none published (the publisher released no training log)")
         result = pull_artifact(source.name)
-        log_file = result.manifest.get("log_file")
-        if not log_file:
-            reason = result.manifest.get("log_error") or "reason not recorded"
+        if not result.manifest.log_file:
+            reason = result.manifest.log_error or "reason not recorded"
             raise BadInputError(f"{result.name}: the training log's download failed: {reason}; "
                                 f"retry with: segnext-hub pull --force {result.name}")
-        path = result.path / log_file
-    summary = parse_log(path)
+        summary = parse_log_bytes(*result.entry.read_log(result.manifest))
+    else:
+        summary = parse_log(source.path)
     if plot_path:
         plot_log(summary, plot_path)
     if as_json:

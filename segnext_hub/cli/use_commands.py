@@ -90,10 +90,10 @@ def predict(name_or_path: str, images: tuple[str, ...], out_dir: str, mode: Opti
               help="Default: from the folder layout (folder: images/ + labels/, the model's classes).")
 @click.option("--aug-test", is_flag=True, help="Multi-scale (0.5-1.75) + flip: the 'ms+flip' column.")
 @click.option("--mode", type=click.Choice(["whole", "slide"]), help="Default: the dataset's test mode.")
-@click.option("--scale", nargs=2, type=click.IntRange(min=1), metavar="LONG SHORT",
+@click.option("--scale", nargs=2, type=click.IntRange(min=32, max=8192), metavar="LONG SHORT",
               help="Keep-ratio test resize bounds. Default: the dataset's (ADE20K 2048 512, Cityscapes 2048 1024).")
-@click.option("--crop-size", nargs=2, type=click.IntRange(min=1), metavar="H W", help="Slide window size.")
-@click.option("--stride", nargs=2, type=click.IntRange(min=1), metavar="H W", help="Slide window step.")
+@click.option("--crop-size", nargs=2, type=click.IntRange(min=32, max=8192), metavar="H W", help="Slide window size.")
+@click.option("--stride", nargs=2, type=click.IntRange(min=8, max=8192), metavar="H W", help="Slide window step.")
 @click.option("--seed", type=int, default=None,
               help="The run's seed; image i's NMF bases come from a generator seeded from (SEED, i).")
 @click.option("--rng", type=click.Choice(["image", "sequential"]), default="image", show_default=True,

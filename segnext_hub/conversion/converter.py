@@ -15,7 +15,7 @@ from ..datasets import label_space, own_label_space
 from ..errors import BadInputError, VerificationError
 from ..fileio import check_destination as check_writable
 from ..fileio import require_free_space
-from ..models.variants import get_variant
+from ..models.variants import check_md_r, get_variant
 from .detect import Detection, choose_layout, detect
 from .keymap import KeyMap, MappingResult, find_state_dict, load_key_map
 from .layouts import CANONICAL, get_layout, layout_names
@@ -187,6 +187,11 @@ def convert_checkpoint(
     det = detect(forward.tensors, layout=layout, layout_source=layout_source, variant=variant,
                  num_classes=num_classes, md_r=resolution.record.md_r,
                  md_r_source=described_md_r_source(resolution.record))
+    if det.kind == "segmentor" and det.md_r is not None:
+        try:  # a rank from a file (meta.config, a log) drives memory: bounded by the head, named
+            check_md_r(det.md_r, det.ham_channels or get_variant(det.variant).ham_channels)
+        except ValueError as err:
+            raise BadInputError(f"{checkpoint.path}: {err} (read from {det.sources.get('md_r')})") from None
 
     # Check against the reference model's keys and shapes before anything heavier.
     reference = build_for_layout(CANONICAL, det)

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Iterator, Optional
 import filelock
 
 from ..errors import BadInputError, DamagedEntryError
-from ..fileio import atomic_writer, file_mode, make_dirs
+from ..fileio import MAX_JSON_BYTES, atomic_writer, file_mode, make_dirs, read_confined
 
 try:  # POSIX: shared (reader) locks; elsewhere readers take the exclusive lock (see use_lock)
     import fcntl
@@ -151,40 +152,50 @@ def damaged(name: str, problem: str, *, force: bool = False) -> DamagedEntryErro
 
 
 def read_manifest(name: str) -> Optional[dict]:
-    """The artifact's manifest; None when there is none (not cached or an unfinished pull).
+    """The artifact's manifest as JSON; None when there is none (not cached or an unfinished pull).
 
-    Manifests are only ever replaced atomically, so an unreadable one was damaged on disk or
-    edited by hand: :class:`DamagedEntryError`, which ``pull`` repairs, instead of a warning.
+    Read as a regular file inside the entry (no link, FIFO or device; at most
+    :data:`~segnext_hub.fileio.MAX_JSON_BYTES`). Manifests are only ever replaced
+    atomically, so an unreadable one was damaged on disk or edited by hand:
+    :class:`DamagedEntryError`, which ``pull`` repairs. :mod:`segnext_hub.hub.entry`
+    types and checks what it says.
     """
-    path = manifest_path(name)
+    folder = artifact_dir(name)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+        if stat.S_ISLNK(os.lstat(folder).st_mode):
+            raise damaged(name, "the entry folder is a symbolic link (an entry is a real folder)")
+        data = read_confined(folder, MANIFEST, MAX_JSON_BYTES)
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    except PermissionError:
-        raise BadInputError(f"cannot read {path}: permission denied (the cache was written by another "
-                            "user without a shared umask; see README 'Cache layout')") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise damaged(name, f"{MANIFEST} cannot be read ({getattr(err, 'strerror', None) or err})") from None
+    except BadInputError as err:
+        if "Permission denied" in str(err):
+            raise BadInputError(f"cannot read {folder / MANIFEST}: permission denied (the cache was written by "
+                                "another user without a shared umask; see README 'Cache layout')") from None
+        raise damaged(name, str(err)) from None
     try:
-        data = json.loads(text)
+        text = data.decode("utf-8")
+        value = json.loads(text)
+    except UnicodeDecodeError:
+        raise damaged(name, f"{MANIFEST} is not UTF-8 text") from None
+    except RecursionError:
+        raise damaged(name, f"{MANIFEST} is nested too deeply to be read") from None
     except json.JSONDecodeError as err:
         raise damaged(name, f"{MANIFEST} is not valid JSON ({err.msg}, line {err.lineno})") from None
-    if not isinstance(data, dict):
+    if not isinstance(value, dict):
         raise damaged(name, f"{MANIFEST} does not hold a JSON object")
-    return data
+    return value
 
 
-def write_manifest(name: str, data: dict) -> None:
+def write_manifest(name: str, data: dict, *, folder: Optional[Path] = None) -> None:
     """Replace the manifest atomically: readers see the old one or the new one, never half.
 
     The manifest is written last in a pull, so its presence means "everything listed is
-    complete"; a crash before this point leaves the artifact looking uncached.
+    complete". ``folder`` (default: the entry's) is where a pull builds the new entry.
     """
     if not isinstance(data, dict):
         raise TypeError("manifest data must be a dict")
     text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    folder = make_dirs(artifact_dir(name))
+    folder = make_dirs(folder if folder is not None else artifact_dir(name))
     with atomic_writer(folder / MANIFEST, force=True) as handle:
         handle.write(text.encode("utf-8"))
 
@@ -198,7 +209,7 @@ def remove_artifact(name: str) -> bool:
     The rename's trash (and any a killed ``rm`` left) is deleted after the locks are gone.
     """
     folder = artifact_dir(name)
-    if not folder.is_dir():
+    if not os.path.lexists(folder):
         return False
     trash = folder.with_name(f".trash-{name}-{uuid.uuid4().hex[:8]}")
     with artifact_lock(name, create=False), use_lock(name, shared=False):
@@ -207,7 +218,10 @@ def remove_artifact(name: str) -> bool:
         except FileNotFoundError:  # another process removed it first
             return False
     for leftover in [trash, *folder.parent.glob(f".trash-{name}-*")]:
-        shutil.rmtree(leftover, ignore_errors=True)
+        if leftover.is_symlink():  # a link put in the entry's place: removed, never followed
+            leftover.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
     return True
 
 

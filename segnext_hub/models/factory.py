@@ -10,7 +10,7 @@ from .ham_head import LightHamHead
 from .init import init_backbone_, init_head_
 from .mscan import MSCAN
 from .segnext import SegNeXt
-from .variants import Variant, check_ham_channels, check_positive_int, get_variant
+from .variants import Variant, check_ham_channels, check_md_r, check_positive_int, get_variant
 
 
 def build_backbone(variant: Variant, drop_path_rate: Optional[float] = None) -> MSCAN:
@@ -43,13 +43,14 @@ def build_model(
         The model in eval mode.
 
     Raises:
-        ValueError: an unknown variant, or a count that is not a positive integer.
+        ValueError: an unknown variant, a count that is not a positive integer, or an
+            ``md_r`` above the head's width.
     """
     spec = variant if isinstance(variant, Variant) else get_variant(variant)
-    if md_r is not None:
-        check_positive_int("md_r", md_r)
     check_positive_int("num_classes", num_classes)
     width = spec.ham_channels if ham_channels is None else check_ham_channels(ham_channels)
+    if md_r is not None:
+        check_md_r(md_r, width)
     backbone = init_backbone_(build_backbone(spec))
     if backbone_only:
         return backbone.eval()

@@ -105,6 +105,8 @@ class Hamburger(nn.Module):
 
     def __init__(self, channels: int, rank: int, num_groups: int = 32) -> None:
         super().__init__()
+        if rank > channels:
+            raise ValueError(f"md_r {rank} is more than the head's {channels} channels")
         self.ham_in = ConvGNAct(channels, channels, norm=False, act=False)
         self.ham = NMF2D(rank)
         self.ham_out = ConvGNAct(channels, channels, norm=True, act=False, num_groups=num_groups)

@@ -29,6 +29,29 @@ from .preprocessing import (
     resize_for_test,
 )
 
+#: Test-time sizes in pixels per side: resize scale and slide crop 32..8192 (as
+#: segnext_hub.config bounds them in files), slide stride 8..8192, and at most MAX_WINDOWS
+#: slide windows per image. A 1-pixel stride would slide for ever, a 0 one divides by
+#: zero, and a 10^5 scale asks for hundreds of GB of logits.
+MIN_SIDE, MAX_SIDE, MIN_STRIDE = 32, 8192, 8
+MAX_WINDOWS = 4096
+
+
+def check_sizes(**sizes: Optional[Sequence[int]]) -> None:
+    """Each given size (``scale=``, ``crop_size=``, ``stride=``; None skipped) must be two
+    integers in ``MIN_SIDE..MAX_SIDE`` (a stride from ``MIN_STRIDE``); else a ValueError
+    naming it."""
+    for name, value in sizes.items():
+        if value is None:
+            continue
+        low = MIN_STRIDE if name == "stride" else MIN_SIDE
+        ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and low <= v <= MAX_SIDE for v in value)
+        if not ok:
+            raise ValueError(f"{name} {tuple(value) if isinstance(value, (tuple, list)) else value!r} must be two "
+                             f"integers in {low}..{MAX_SIDE} (pixels)")
+
+
 # One generator for every image (consumed in image order), None (the global RNG, or the
 # model's set_generator), or one generator (or None) per image.
 Generators = Union[None, torch.Generator, Sequence[Optional[torch.Generator]]]
@@ -141,6 +164,7 @@ class SegmentationInference:
         Raises:
             ValueError: An image is not (H, W, 3), or an unknown ``mode``.
         """
+        check_sizes(scale=scale)
         if isinstance(images, (np.ndarray, Tensor)) and looks_like_single_image(images):
             images = [images]
         resized = [resize_for_test(image, scale) for image in images]
@@ -165,6 +189,8 @@ class SegmentationInference:
             raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if mode == "slide":
+            check_sizes(crop_size=crop_size, stride=stride)
         gens = _per_image(generator, len(images))
         device = next(self.parameters()).device
         dtype = next(self.parameters()).dtype
@@ -180,7 +206,12 @@ class SegmentationInference:
             if mode == "whole":
                 forwards.append(_Forward(i, None))
             else:
-                forwards += [_Forward(i, w) for w in slide_windows(*x.shape[2:], tuple(crop_size), tuple(stride))]
+                windows = slide_windows(*x.shape[2:], tuple(crop_size), tuple(stride))
+                if len(windows) > MAX_WINDOWS:
+                    raise ValueError(f"slide inference would run {len(windows)} windows of {tuple(crop_size)} every "
+                                     f"{tuple(stride)} on a {tuple(x.shape[2:])} image (at most {MAX_WINDOWS}); use a "
+                                     "larger stride or crop")
+                forwards += [_Forward(i, w) for w in windows]
         if batch_size > 1:  # draw now, in batch-size-1 order
             for fwd in forwards:
                 fwd.bases = self.draw_image_bases(gens[fwd.image], device)

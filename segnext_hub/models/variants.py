@@ -89,3 +89,14 @@ def check_positive_int(name: str, value: Any) -> int:
     if not is_positive_int(value):
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def check_md_r(md_r: Any, ham_channels: int) -> int:
+    """``md_r`` if it is a positive int no larger than the head's width ``ham_channels`` (the
+    NMF factors a ``channels x pixels`` matrix: a rank beyond ``channels`` only asks for
+    memory, and a file saying 10^6 would ask for gigabytes), else a ``ValueError`` naming
+    the field."""
+    check_positive_int("md_r", md_r)
+    if md_r > ham_channels:
+        raise ValueError(f"md_r {md_r} is more than the head's {ham_channels} channels")
+    return md_r

@@ -106,10 +106,10 @@ def run(out_dir: Path, image: Path, force_loopback: bool = False) -> None:
                 result = pull(DEMO_NAME)
             mark_random_weights(DEMO_NAME)
     manifest = result.manifest
-    ver = manifest["conversion"]["verification"]
+    ver = manifest.verification
     print(f"{label}pulled {DEMO_NAME} -> {result.path} ({'downloaded' if result.downloaded else 'cached'}); "
-          f"sha256 {manifest['raw_sha256'][:12]}, hash: {manifest['hash_status']}; "
-          f"conversion verified: {ver['verified']} (max abs diff {ver['max_abs_diff']})")
+          f"sha256 {(manifest.raw_sha256 or '')[:12]}, hash: {manifest.hash_status}; "
+          f"conversion verified: {ver.get('verified')} (max abs diff {ver.get('max_abs_diff')})")
     model = load_folder(result.path)
     (paths,) = predict_files(model, [image], out_dir, seed=0, progress=False)
     for kind, path in paths.items():

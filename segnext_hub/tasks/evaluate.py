@@ -32,6 +32,7 @@ from ..datasets import get_dataset, label_space
 from ..datasets import reduce_zero_label as shift_zero_label
 from ..errors import BadInputError
 from ..images import MAX_PIXELS, check_size, read_rgb
+from ..models.predict import MAX_SIDE, MIN_SIDE, MIN_STRIDE
 from ..models.preprocessing import ResizedImage, resize_for_test
 from ..progress import progress_bar
 from ..training.data import IMAGE_SUFFIXES, LABEL_SUFFIX
@@ -241,8 +242,9 @@ def _pair(value: Optional[Sequence[int]], default: tuple[int, int], what: str) -
         a, b = (int(v) for v in value)
     except (TypeError, ValueError):
         raise BadInputError(f"{what} must be two integers, got {value!r}") from None
-    if a < 1 or b < 1:
-        raise BadInputError(f"{what} must be positive, got {value!r}")
+    low = MIN_STRIDE if what == "stride" else MIN_SIDE
+    if not (low <= a <= MAX_SIDE and low <= b <= MAX_SIDE):
+        raise BadInputError(f"{what} must be two integers in {low}..{MAX_SIDE} (pixels), got {value!r}")
     return a, b
 
 
@@ -379,6 +381,8 @@ def evaluate(
         BadInputError: No known layout in ``data_dir``, an unreadable image or label, a model
             whose class count differs from the dataset's, a bad option.
     """
+    for given, what in ((scale, "scale"), (crop_size, "crop size"), (stride, "stride")):
+        _pair(given, (MIN_SIDE, MIN_SIDE), what)  # before any file is listed or read
     layout, root, samples = iter_samples(data_dir, dataset, limit)
     num_classes = int(model.num_classes)
     info = None if layout.name == FOLDER else get_dataset(layout.name)

@@ -14,6 +14,7 @@ from ..datasets import LabelSpace, label_space
 from ..errors import BadInputError
 from ..fileio import atomic_write_bytes
 from ..images import MAX_PIXELS, check_header
+from ..models.predict import check_sizes
 from ..models.preprocessing import resize_for_test
 from ..progress import progress_bar
 from .evaluate import DATASET_LAYOUTS, load_image
@@ -102,6 +103,11 @@ def iter_predictions(
         raise BadInputError(f"batch size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
     settings = dict(settings)
     scale = settings.pop("scale", (2048, 512))  # predict()'s default resize
+    try:  # before any image is decoded: a 1-pixel stride never ends, a 10^5 scale asks for 240 GB
+        check_sizes(scale=scale, **({k: settings.get(k) for k in ("crop_size", "stride")}
+                                    if settings.get("mode") == "slide" else {}))
+    except ValueError as err:
+        raise BadInputError(str(err)) from None
     loader = torch.utils.data.DataLoader(_ImageFiles(paths, scale, max_pixels), batch_size=batch_size,
                                          num_workers=workers, collate_fn=list,
                                          generator=torch.Generator().manual_seed(0))

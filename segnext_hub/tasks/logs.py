@@ -32,12 +32,14 @@ import json
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 from ..conversion.log_header import LOG_LINE, LogHeader, read_log_header, record_from_header
 from ..errors import BadInputError
+from ..fileio import MAX_LOG_BYTES
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -142,15 +144,31 @@ class _BadRecord(Exception):
 
 
 def parse_log(path: PathLike) -> LogSummary:
-    """Summarise a training or test log of any dialect above; BadInputError names the file."""
+    """Summarise a training or test log of any dialect above.
+
+    Raises:
+        BadInputError: one line naming the file: unreadable, not a regular file (a FIFO or
+            device would block or never end), over :data:`MAX_LOG_BYTES`, or not a log.
+    """
     target = Path(path)
     try:
-        data = target.read_bytes()
+        with open(target, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise BadInputError(f"training log {target} is not a regular file")
+            data = handle.read(MAX_LOG_BYTES + 1)
     except OSError as err:
         raise BadInputError(f"cannot read training log {target}: {err.strerror or err}") from None
+    if len(data) > MAX_LOG_BYTES:
+        raise BadInputError(f"training log {target} is over {MAX_LOG_BYTES >> 20} MiB; no training log is that large")
+    return parse_log_bytes(data, str(target))
+
+
+def parse_log_bytes(data: bytes, source: str) -> LogSummary:
+    """Summarise a log already read (a cache entry's, read inside the entry); ``source``
+    names it in errors."""
     if b"\x00" in data[:4096]:
-        raise BadInputError(f"{target} is not a training log (binary data)")
-    return parse_log_text(data.decode("utf-8-sig", errors="replace"), source=str(target))
+        raise BadInputError(f"{source} is not a training log (binary data)")
+    return parse_log_text(data.decode("utf-8-sig", errors="replace"), source=source)
 
 
 def parse_log_lines(lines: Iterable[str], source: Optional[str] = None) -> LogSummary:
@@ -207,8 +225,8 @@ def _loss_of(record: dict) -> Optional[float]:
 def _parse_json(text: str, lines: list, where: str) -> _Parsed:
     try:
         document = json.loads(text)
-    except ValueError:
-        document = None  # JSON lines (or damaged): read line by line
+    except (ValueError, RecursionError):
+        document = None  # JSON lines (or damaged, or nested past the parser's depth): line by line
     if isinstance(document, dict) and not any(k in document for k in ("mode", "iter", "step")):
         single = _single_result(document, where)
         if single is not None:
@@ -224,7 +242,7 @@ def _parse_json(text: str, lines: list, where: str) -> _Parsed:
             if not isinstance(record, dict):
                 raise _BadRecord
             _take_json_record(parsed, record, votes)
-        except (ValueError, _BadRecord):
+        except (ValueError, RecursionError, _BadRecord):
             parsed.skipped += 1
     if votes["mmengine"] > votes["mmcv"]:
         parsed.dialect, parsed.family, parsed.eval_rule = "mmengine-json", "mmengine", RULE_LOGGED

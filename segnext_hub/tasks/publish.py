@@ -74,16 +74,16 @@ def _stage_registry(name: str, staging: Path) -> _Staged:
     """Pull into the cache (no network when cached), then copy, re-checking the hash so a
     corrupted cache file is never published."""
     result = pull(name)
-    model_sha = _copy_hashing(result.path / MODEL_FILE, staging / MODEL_FILE)
-    recorded = result.manifest.get("model_sha256")
+    model_sha = _copy_hashing(result.entry.weights, staging / MODEL_FILE)
+    recorded = result.manifest.model_sha256
     if recorded and model_sha != recorded:
         raise BadInputError(f"{result.name}: cached {MODEL_FILE} does not match its recorded sha256; "
                             f"run: segnext-hub pull --force {result.name}")
-    shutil.copyfile(result.path / CONFIG_FILE, staging / CONFIG_FILE)
+    shutil.copyfile(result.entry.config_path, staging / CONFIG_FILE)
     config = read_config(staging / CONFIG_FILE)
     # make demo's loopback cache holds random weights under a registry name: no published claims.
-    artifact = None if result.manifest.get("random_weights") else get_artifact(result.name)
-    return _Staged(config, artifact, result.manifest, result.manifest.get("conversion") or {}, model_sha)
+    artifact = None if result.manifest.random_weights else get_artifact(result.name)
+    return _Staged(config, artifact, result.manifest.to_json(), dict(result.manifest.conversion), model_sha)
 
 
 def _stage_file(path: Path, staging: Path) -> _Staged:

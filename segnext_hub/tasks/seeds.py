@@ -13,8 +13,7 @@ from typing import Any, Optional
 
 from ..conversion.log_header import record_from_log
 from ..errors import SegnextHubError
-from ..hub.cache import artifact_dir
-from ..hub.pull import cached_manifest
+from ..hub.entry import CacheEntry
 from ..hub.registry import load_registry
 
 logger = logging.getLogger(__name__)
@@ -39,9 +38,10 @@ def recorded_seed(model: Any) -> tuple[Optional[int], str]:
     if not config.name or config.name not in load_registry():
         return None, NO_SEED
     try:
-        manifest = cached_manifest(config.name)
-        log_file = manifest.get("log_file") if manifest else None
-        record = record_from_log(artifact_dir(config.name) / log_file) if log_file else None
+        entry = CacheEntry(config.name)
+        manifest = entry.complete_manifest()
+        log_file = manifest.log_file if manifest else None
+        record = record_from_log(entry.path(log_file)) if log_file else None
     except (SegnextHubError, OSError) as err:  # an unreadable log only loses the default
         logger.info("%s: training log not read for its seed (%s)", config.name, err)
         return None, NO_SEED

@@ -145,4 +145,5 @@ def _raw_file(source: Union[str, Path]) -> Union[Path, str, None]:
     artifact = get_artifact(name)
     if not artifact.is_backbone:
         return f"{name} is a segmentor, trained without an ImageNet classifier"
-    return pull(name).path / "raw" / artifact.filename
+    result = pull(name)
+    return result.entry.raw_path(result.manifest)

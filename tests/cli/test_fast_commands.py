@@ -141,7 +141,7 @@ def test_cached_artifact_commands_import_no_torch(mirror):
         again = hub("pull", "-q", "mscan-t", entry=entry)
         assert (again.code, again.stdout.strip()) == (0, str(pulled.path)), again.stderr
         assert again.torch_modules == [], f"{entry} pull (cached): {again.torch_modules[:3]}"
-        log_file = str(pulled.path / pulled.manifest["log_file"])
+        log_file = str(pulled.path / pulled.manifest.log_file)
         for args in (["list", "--cached"], ["info", "mscan-t"], ["path", "mscan-t"], ["verify"],
                      ["verify", "mscan-t"], ["log", "mscan-t"], ["log", log_file]):
             result = hub(*args, entry=entry)

@@ -375,9 +375,8 @@ def test_truncated_weights_are_named_by_load_info_list_and_repaired_by_pull(mirr
     art = mirror.serve("mscan-t")
     folder = segnext_hub.pull("mscan-t", progress=False).path
     manifest = cached_manifest("mscan-t")
-    assert set(manifest["files"]) == {f"raw/{art.filename}", "model.safetensors", "config.json",
-                                      manifest["log_file"]}
-    assert all(set(rec) == {"size", "sha256"} for rec in manifest["files"].values())
+    assert set(manifest.files) == {f"raw/{art.filename}", "model.safetensors", "config.json", manifest.log_file}
+    assert all(rec.size and rec.sha256 for rec in manifest.files.values())
     size = (folder / "model.safetensors").stat().st_size
     with open(folder / "model.safetensors", "r+b") as handle:
         handle.truncate(1000)

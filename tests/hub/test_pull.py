@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 import segnext_hub
 import segnext_hub.hub.pull as hub_module
 from segnext_hub.cli.hub import main as hub_cli
+from segnext_hub.hub.cache import artifact_dir, cache_root
 from segnext_hub.errors import BadInputError, DownloadError, OfflineError
 from segnext_hub.models import MSCAN, SegNeXt
 from tests.helpers import factory
@@ -55,7 +56,7 @@ def test_strict_makes_prefix_mismatch_fatal_and_leaves_nothing(mirror):
     mirror.serve("mscan-t")
     code, out = cli("pull", "--strict", "-q", "mscan-t")
     assert code == 2 and "refusing with --strict" in out
-    assert not list((hub_module.artifact_dir("mscan-t") / "raw").glob("*.pth"))
+    assert not list(cache_root().rglob("*.pth"))  # neither in the entry nor in a staging folder
     assert hub_module.cached_manifest("mscan-t") is None
 
 
@@ -76,11 +77,13 @@ def test_matching_prefix_and_pinned_sha256(mirror, monkeypatch):
     mirror.serve("mscan-t", data)
     real = hub_module.get_artifact
     monkeypatch.setattr(hub_module, "get_artifact", lambda n: dataclasses.replace(real(n), hash_prefix=digest[:8]))
-    assert segnext_hub.pull("mscan-t", progress=False).manifest["hash_status"] == "file-name prefix matched"
+    assert segnext_hub.pull("mscan-t", progress=False).manifest.hash_status == "file-name prefix matched"
     monkeypatch.setattr(hub_module, "get_artifact", lambda n: dataclasses.replace(real(n), sha256="0" * 64))
-    with pytest.raises(DownloadError, match="sha256"):
+    with pytest.raises(DownloadError, match="sha256.*the cached copy of mscan-t was left as it was"):
         segnext_hub.pull("mscan-t", progress=False, force=True)
-    assert hub_module.cached_manifest("mscan-t") is None
+    # the failed repair changed nothing: the earlier entry is still complete and loads
+    assert hub_module.cached_manifest("mscan-t").hash_status == "file-name prefix matched"
+    segnext_hub.load("mscan-t")
 
 
 def test_wrong_checkpoint_is_rejected_and_deleted(mirror):
@@ -89,7 +92,7 @@ def test_wrong_checkpoint_is_rejected_and_deleted(mirror):
     code, out = cli("pull", "-q", "mscan-s-in1k")
     assert code == 2 and "rejected and deleted" in out and "not a SegNeXt" in out
     assert out.count("\n") == 1
-    assert not list((hub_module.artifact_dir("mscan-s-in1k") / "raw").glob("*.pth*[!k]"))
+    assert not list(cache_root().rglob("*.pth")) and not list(cache_root().rglob("*.pth.partial"))
 
 
 def test_wrong_size_is_rejected(mirror):
@@ -131,7 +134,7 @@ def test_offline_mode(mirror, monkeypatch):
 def test_load_matches_the_weights_and_overrides(mirror):
     mirror.serve("mscan-t")
     model = segnext_hub.load("mscan-t")
-    folder = hub_module.artifact_dir("mscan-t")
+    folder = artifact_dir("mscan-t")
     saved = load_file(folder / "model.safetensors")
     for key, value in model.state_dict().items():
         assert torch.equal(value, saved[key]), key
@@ -164,11 +167,11 @@ def test_cli_list_info_path_verify_rm_log(mirror):
     assert code == 0 and len(out.strip().splitlines()) == 45 and "mscan-l-isaid-jittor" in out
     mirror.serve("mscan-t")
     result = CliRunner().invoke(hub_cli, ["pull", "-q", "mscan-t"])
-    assert result.exit_code == 0 and result.stdout.strip() == str(hub_module.artifact_dir("mscan-t"))
+    assert result.exit_code == 0 and result.stdout.strip() == str(artifact_dir("mscan-t"))
     assert result.stderr.startswith("warning: mscan-t: sha256")
     code, out = cli("list", "--cached")
     assert code == 0 and "mscan-t " in out and len(out.strip().splitlines()) == 2
-    assert cli("path", "mscan-t") == (0, str(hub_module.artifact_dir("mscan-t")) + "\n")
+    assert cli("path", "mscan-t") == (0, str(artifact_dir("mscan-t")) + "\n")
     code, out = cli("path", "mscan-s")
     assert code == 2 and "not cached" in out
     code, out = cli("info", "mscan-t")
@@ -176,14 +179,14 @@ def test_cli_list_info_path_verify_rm_log(mirror):
     code, out = cli("log", "mscan-t", "--json")
     assert code == 0 and json.loads(out)["seed"] == 1234
     assert cli("verify", "mscan-t")[0] == 0
-    model_file = hub_module.artifact_dir("mscan-t") / "model.safetensors"
+    model_file = artifact_dir("mscan-t") / "model.safetensors"
     data = bytearray(model_file.read_bytes())
     data[-1] ^= 0xFF
     model_file.write_bytes(bytes(data))
     code, out = cli("verify", "mscan-t")
     assert code == 1 and "does not match" in out
     code, out = cli("rm", "mscan-t")
-    assert code == 0 and "removed" in out and not hub_module.artifact_dir("mscan-t").exists()
+    assert code == 0 and "removed" in out and not artifact_dir("mscan-t").exists()
     code, out = cli("info", "nope")
     assert code == 2 and "unknown artifact" in out
 

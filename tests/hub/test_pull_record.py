@@ -118,7 +118,7 @@ def test_log_settles_md_r_when_the_checkpoint_records_none_and_a_bad_log_never_f
     result = segnext_hub.pull("mscan-t", progress=False)
     config = config_of("mscan-t")
     assert config["md_r"] == 16 and config["md_r_source"].startswith("registry: MMSeg 1.x config")
-    assert config["training_seed"] is None and result.manifest["log_file"]
+    assert config["training_seed"] is None and result.manifest.log_file
     assert art.md_r_settled
 
 

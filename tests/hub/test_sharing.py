@@ -35,11 +35,15 @@ def _python(code: str, env: dict, **kwargs) -> subprocess.CompletedProcess:
 
 
 def test_files_dirs_and_locks_follow_the_umask(mirror):
-    """umask 002: group-writable (0664 files, 0775 folders); umask 022: 0644 / 0755."""
+    """Cache files are read-only for everyone the umask lets read them (0444 under umask 002
+    or 022, 0440 under 027): they are replaced by renaming a new entry into place, never
+    written in place, so a memory-mapped model never sees its file change. Folders and
+    locks follow the umask: umask 002 makes them group-writable (0775 / 0664), which is
+    what a team cache needs; 022 gives 0755 / 0644."""
     mirror.serve("mscan-t")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     code = "import segnext_hub; segnext_hub.pull('mscan-t', progress=False)"
-    for umask, file_bits, dir_bits in ((0o002, 0o664, 0o775), (0o022, 0o644, 0o755)):
+    for umask, file_bits, dir_bits in ((0o002, 0o444, 0o775), (0o022, 0o444, 0o755), (0o027, 0o440, 0o750)):
         root = cache.cache_root()
         shutil.rmtree(root, ignore_errors=True)
         done = _python(code, env, umask=umask)
@@ -50,7 +54,7 @@ def test_files_dirs_and_locks_follow_the_umask(mirror):
         raw = next((folder / "raw").glob("*.pth"))
         assert _mode(raw) == file_bits
         for lock in (root / ".locks").iterdir():
-            assert _mode(lock) == file_bits, lock
+            assert _mode(lock) == 0o666 & ~umask, lock
         for sub in (root, folder, folder / "raw", root / ".locks"):
             assert _mode(sub) == dir_bits, sub
 
@@ -121,7 +125,7 @@ def test_a_second_user_loads_verifies_pulls_and_repairs_in_a_group_shared_cache(
         first = _python("import segnext_hub; segnext_hub.pull('mscan-t', progress=False)", env, umask=0o002)
         assert first.returncode == 0, first.stderr[-800:]
         model = group / "cache/mscan-t/model.safetensors"
-        assert model.stat().st_uid == 0 and model.stat().st_gid == NOBODY and _mode(model) == 0o664
+        assert model.stat().st_uid == 0 and model.stat().st_gid == NOBODY and _mode(model) == 0o444
 
         second = subprocess.run([sys.executable, "-c", AS_SECOND_USER, "load", "verify", "pull-other"], env=env,
                                 cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -130,7 +134,7 @@ def test_a_second_user_loads_verifies_pulls_and_repairs_in_a_group_shared_cache(
         assert out == {"uid": NOBODY, "loaded": "SegNeXt", "verify": [],
                        "pulled": str(group / "cache/mscan-t-in1k")}
         b_model = group / "cache/mscan-t-in1k/model.safetensors"
-        assert b_model.stat().st_uid == NOBODY and _mode(b_model) == 0o664
+        assert b_model.stat().st_uid == NOBODY and _mode(b_model) == 0o444
 
         # A's file is damaged; B repairs it with a plain pull (the folder is group-writable).
         with open(model, "r+b") as handle:
@@ -198,3 +202,80 @@ def test_loads_racing_rm_never_fail_with_a_raw_error(mirror, tmp_path):
     assert raw == [] and errors <= {"mscan-t was removed while loading; pull it again (segnext-hub pull mscan-t)"}, \
         (raw, errors)
     assert int(removed_out) >= 3 and sum(kind == "ok" for kind, _ in results) >= 4, (removed_out, results)
+
+
+# The group member (uid 65534) crafts the entry: the edits of tests/hub/hostile_entries.py,
+# made with the member's own permissions (cache files are read-only: the manifest is
+# replaced by rename in the group-writable folder, as anyone in the group can).
+CRAFT_AS_MEMBER = """
+import os, sys
+from pathlib import Path
+from tests.hub.hostile_entries import CASES
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
+os.umask(0o002)
+CASES[sys.argv[1]](Path(sys.argv[2]), Path(sys.argv[3]))
+"""
+
+# The other member (root here: the strongest victim, who may read and delete anything)
+# runs the commands the damage message and the README recommend.
+VICTIM_COMMANDS = """
+import json, sys
+from click.testing import CliRunner
+from segnext_hub.cli.hub import main
+out = {}
+for args in (["verify", "mscan-t"], ["info", "mscan-t"], ["pull", "-q", "mscan-t"], ["verify", "mscan-t"],
+             ["rm", "mscan-t"]):
+    result = CliRunner().invoke(main, args)
+    out[" ".join(args) + (" (after repair)" if args == ["verify", "mscan-t"] and out else "")] = [
+        result.exit_code, result.stdout, result.stderr]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="a real second user needs root to switch the child to uid 65534")
+@pytest.mark.parametrize("case", ["absolute", "dot-dot", "symlink-out", "dev-zero", "fifo-inside", "fifo-outside"])
+def test_a_group_members_manifest_edit_cannot_reach_outside_the_entry_for_another_member(mirror, case):
+    """Member B (uid 65534) edits an entry of the group-shared cache so that its manifest
+    names member A's private file (absolute path, ../), a link to it, /dev/zero or a FIFO.
+    A's verify, info, pull and rm (each in a process killed after 120 s: reading the FIFO
+    would block, hashing /dev/zero would never end) report the entry DAMAGED, repair and
+    remove it, and A's private file is still there, unchanged. Before: pull deleted it."""
+    if reason := _checkout_unreadable_by_second_user():
+        pytest.skip(reason)
+    from tests.hub.hostile_entries import make_outside, outside_intact
+
+    mirror.serve("mscan-t")
+    shared = Path(tempfile.mkdtemp(prefix="segnext-shared-", dir="/tmp"))
+    try:
+        os.chmod(shared, 0o755)
+        group = shared / "team"
+        group.mkdir()
+        os.chown(group, 0, NOBODY)
+        os.chmod(group, 0o2775)
+        private = shared / "home-a"  # A's files: B may not write there, but names them
+        make_outside(private)
+        env = dict(os.environ, SEGNEXT_HUB_CACHE=str(group / "cache"), OMP_NUM_THREADS="1")
+        first = _python("import segnext_hub; segnext_hub.pull('mscan-t', progress=False)", env, umask=0o002)
+        assert first.returncode == 0, first.stderr[-800:]
+        folder = group / "cache/mscan-t"
+        craft = subprocess.run([sys.executable, "-c", CRAFT_AS_MEMBER, case, str(folder), str(private)], env=env,
+                               cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert craft.returncode == 0, craft.stderr[-800:]
+        assert json.loads((folder / "manifest.json").read_text())  # B's edit is in place
+        victim = subprocess.run([sys.executable, "-c", VICTIM_COMMANDS], env=env, cwd=REPO, capture_output=True,
+                                text=True, timeout=120, umask=0o002)
+        assert victim.returncode == 0, victim.stderr[-800:]
+        out = json.loads(victim.stdout.strip().splitlines()[-1])
+        code, text, errors = out["verify mscan-t"]
+        assert (code, text) == (1, "mscan-t: FAILED\n") and "the cached copy is damaged" in errors
+        assert "repair it with: segnext-hub pull" in errors
+        assert out["info mscan-t"][0] == 0 and "DAMAGED" in out["info mscan-t"][1]
+        assert out["pull -q mscan-t"][:2] == [0, f"{folder}\n"]
+        assert out["verify mscan-t (after repair)"] == [0, "mscan-t: OK\n", ""]
+        assert out["rm mscan-t"][:2] == [0, "mscan-t: removed\n"]
+        assert outside_intact(private)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)

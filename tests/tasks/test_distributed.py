@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # torchrun gives each 
 REPO = Path(__file__).resolve().parents[2]
 ADE_SIZES = [(24, 32), (30, 20), (17, 29), (26, 26), (20, 30), (31, 22), (28, 28)]  # 7 images on 2 ranks
 ADE_ARGS = ["--scale", "64", "32", "--seed", "5"]
-CITY_ARGS = ["--scale", "64", "32", "--crop-size", "16", "16", "--stride", "12", "12", "--seed", "5"]
+CITY_ARGS = ["--scale", "96", "48", "--crop-size", "40", "40", "--stride", "32", "32", "--seed", "5"]  # 2 x 3 windows
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def torchrun(*args, nproc: int = 2, timeout: int = 180) -> subprocess.CompletedP
 
 
 def in_process(model_path, data, **kwargs) -> ev.EvalResult:
-    return ev.evaluate(load(model_path), data, seed=5, scale=(64, 32), progress=False, **kwargs)
+    return ev.evaluate(load(model_path), data, seed=5, progress=False, **{"scale": (64, 32), **kwargs})
 
 
 def assert_same(ours: dict, reference: ev.EvalResult) -> None:
@@ -83,7 +83,8 @@ def test_cityscapes_slide_two_ranks_equal_one_process(files, aug):
     proc = torchrun(models["city"], tmp / "city", *CITY_ARGS, *(["--aug-test"] if aug else []), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     ours = json.loads(proc.stdout)
-    reference = in_process(models["city"], tmp / "city", crop_size=(16, 16), stride=(12, 12), aug_test=aug)
+    reference = in_process(models["city"], tmp / "city", scale=(96, 48), crop_size=(40, 40), stride=(32, 32),
+                           aug_test=aug)
     assert ours["settings"]["mode"] == "slide" and ours["num_images"] == 2
     assert_same(ours, reference)
 
