@@ -33,7 +33,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from .._version import __version__
 from ..conversion.log_header import record_from_log  # pure Python: no torch
