@@ -155,8 +155,8 @@ def _registry_info(name: str, as_json: bool) -> None:
                 data["log"] = parse_log_bytes(*entry.read_log(manifest)).as_dict()
             except Exception as err:  # noqa: BLE001 - a bad log must not hide the rest
                 data["log_error"] = str(err)
-        elif manifest.get("log_error"):
-            data["log_error"] = f"download failed: {manifest['log_error']}"
+        elif manifest.log_error:
+            data["log_error"] = f"download failed: {manifest.log_error}"
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return

@@ -208,4 +208,9 @@ class CacheEntry:
                 return [str(err)]
             if manifest is None or not manifest.complete:
                 return [f"{self.name}: not cached (or the pull did not finish); run: segnext-hub pull {self.name}"]
+            # The repair a load would name: a wrong size is repaired by a plain pull (it keeps an
+            # intact download); only content that changed at the same size needs --force.
+            quick = self.problems(manifest)
+            if quick:
+                return [str(self.damaged(problem, force=False)) for problem in quick]
             return [str(self.damaged(problem)) for problem in self.problems(manifest, full=True)]

@@ -50,7 +50,7 @@ def registry_match(sha256: Optional[str]) -> tuple[Optional[str], Optional[str]]
             return art.name, "sha256 equals the registry's pinned sha256"
     for art in artifacts:
         manifest = _cached_manifest(art.name)
-        if manifest and manifest.get("raw_sha256") == sha256:
+        if manifest is not None and manifest.raw_sha256 == sha256:
             return art.name, f"sha256 equals that of the file pulled as {art.name} (cache manifest)"
     for art in artifacts:
         if art.hash_prefix and sha256.startswith(art.hash_prefix):
@@ -58,7 +58,7 @@ def registry_match(sha256: Optional[str]) -> tuple[Optional[str], Optional[str]]
     return None, None
 
 
-def _cached_manifest(name: str) -> Optional[dict]:
+def _cached_manifest(name: str) -> Any:  # a hub.manifest.Manifest, or None
     from ..hub.pull import cache_state  # the cache is optional evidence: a damaged entry is skipped
 
     try:

@@ -71,7 +71,7 @@ def test_info_matches_a_pulled_file_to_its_artifact_and_shows_a_failed_log(mirro
     art = mirror.serve("mscan-t")
     del mirror.server.files[mirror_path(art.log_url)]  # the log's download fails: HTTP 404
     result = segnext_hub.pull("mscan-t", progress=False)
-    assert result.manifest["log_error"] and not result.manifest["log_file"]
+    assert result.manifest.log_error and not result.manifest.log_file
     raw = result.path / "raw" / art.filename
     code, out, err = cli("info", raw, "--json")
     assert code == 0, err
