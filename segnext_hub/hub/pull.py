@@ -110,16 +110,29 @@ def cached_names() -> list[str]:
 def pull(name: str, *, strict: bool = False, progress: Optional[bool] = None, force: bool = False) -> PullResult:
     """Make ``name`` available in the cache and return its folder.
 
-    A damaged entry is repaired, and ``force`` builds a new one even when it is intact;
-    either way the new entry is built beside the old and swapped in only when complete, so
-    a failure leaves the old one as it was (the error says so). ``force`` downloads again
-    unless offline, where it converts the kept download again.
+    Downloads (resuming a partial file), checks the hash, converts with verification and
+    writes the manifest last, so an entry with a manifest is complete; a cached, undamaged
+    name touches no network. A damaged entry is repaired, and ``force`` builds a new one
+    even when it is intact; either way the new entry is built beside the old and swapped in
+    only when complete, so a failure leaves the old one as it was (the error says so).
+
+    Args:
+        name: A registry name, alias or published file stem (``mscan-t``, ``SegNeXt_Tiny``...).
+        strict: Make a file-name hash-prefix mismatch fatal (by default a warning: MMSeg's
+            publishing tool hashed files before stripping the optimizer).
+        progress: Show a download bar; None shows one on a terminal only.
+        force: Build the entry again: download again (offline: convert the kept download
+            again), for damage only hashes reveal.
+
+    Returns:
+        A ``PullResult``: the folder, whether anything was downloaded, the typed manifest.
 
     Raises:
-        OfflineError: offline, and no intact download is kept to convert.
-        DownloadError: the network failed, or a hash mismatch that policy makes fatal.
-        BadInputError: the file is not the checkpoint the registry describes (the
-            download is then deleted).
+        BadInputError: Unknown name, or a file that is not the checkpoint the registry
+            describes (the download is then deleted).
+        OfflineError: Offline, and no intact download is kept to convert.
+        DownloadError: The network failed, or a hash mismatch that policy makes fatal.
+        VerificationError: The converted weights do not compute what the published ones do.
     """
     art = get_artifact(name)
     entry = CacheEntry(art.name)
