@@ -312,9 +312,16 @@ def parse_json(text: Union[str, bytes], where: str) -> Any:
         raise BadInputError(f"{where} is not valid JSON ({str(err)[:80]})") from None
 
 
-def read_json_file(path: PathLike, what: str, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
-    """A small JSON file read whole: a regular file (no FIFO, device or link to one), at
-    most ``max_bytes``, valid JSON.
+def read_bounded(path: PathLike, what: str, max_bytes: int, *, head: bool = False) -> bytes:
+    """The bytes of a file someone else may have put there: a regular file only (a FIFO or
+    a device would block or never end; ``O_NONBLOCK`` keeps the open itself from waiting),
+    and at most ``max_bytes`` of it.
+
+    Args:
+        path: The file.
+        what: What it is, for the message ("config file", "training log").
+        max_bytes: The most that is read.
+        head: Return the first ``max_bytes`` of a larger file instead of refusing it.
 
     Raises:
         BadInputError: one line naming the file and what is wrong with it.
@@ -322,15 +329,23 @@ def read_json_file(path: PathLike, what: str, *, max_bytes: int = MAX_JSON_BYTES
     path = Path(path)
     try:
         with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as handle:
-            info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise BadInputError(f"{path} is not a regular file; the {what} file must be one")
-            data = handle.read(max_bytes + 1)
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise BadInputError(f"{what} {path} is not a regular file")
+            data = handle.read(max_bytes if head else max_bytes + 1)
     except OSError as err:
-        raise BadInputError(f"cannot read {path}: {err.strerror or err}") from None
+        raise BadInputError(f"cannot read {what} {path}: {err.strerror or err}") from None
     if len(data) > max_bytes:
-        raise BadInputError(f"{path} is over {max_bytes} bytes; no {what} file is that large")
-    return parse_json(data, str(path))
+        raise BadInputError(f"{what} {path} is over {max_bytes} bytes; no {what} is that large")
+    return data
+
+
+def read_json_file(path: PathLike, what: str, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """A small JSON file read whole (see :func:`read_bounded`), valid JSON.
+
+    Raises:
+        BadInputError: one line naming the file and what is wrong with it.
+    """
+    return parse_json(read_bounded(path, f"{what} file", max_bytes), str(path))
 
 
 def open_confined(folder: PathLike, rel: str) -> IO[bytes]:

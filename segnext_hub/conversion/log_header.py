@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from ..errors import BadInputError
+from ..fileio import read_bounded
 from .config_text import md_r_from_config, plain_classes, plain_int, plain_palette, plain_str, seed_from_config
 from .record import Picker, Record, build_record
 
@@ -191,11 +190,5 @@ def read_log_head(path: Path, limit: int = MAX_HEADER_BYTES) -> str:
     Raises:
         BadInputError: the file cannot be read or is not a regular file.
     """
-    try:
-        with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise BadInputError(f"training log {path} is not a regular file")
-            data = handle.read(limit)
-    except OSError as err:
-        raise BadInputError(f"cannot read training log {path}: {err.strerror or err}") from None
+    data = read_bounded(path, "training log", limit, head=True)
     return data.decode("utf-8", errors="replace")

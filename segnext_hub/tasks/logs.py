@@ -32,14 +32,13 @@ import json
 import math
 import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 from ..conversion.log_header import LOG_LINE, LogHeader, read_log_header, record_from_header
 from ..errors import BadInputError
-from ..fileio import MAX_LOG_BYTES
+from ..fileio import MAX_LOG_BYTES, read_bounded
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -151,15 +150,7 @@ def parse_log(path: PathLike) -> LogSummary:
             device would block or never end), over :data:`MAX_LOG_BYTES`, or not a log.
     """
     target = Path(path)
-    try:
-        with open(target, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise BadInputError(f"training log {target} is not a regular file")
-            data = handle.read(MAX_LOG_BYTES + 1)
-    except OSError as err:
-        raise BadInputError(f"cannot read training log {target}: {err.strerror or err}") from None
-    if len(data) > MAX_LOG_BYTES:
-        raise BadInputError(f"training log {target} is over {MAX_LOG_BYTES >> 20} MiB; no training log is that large")
+    data = read_bounded(target, "training log", MAX_LOG_BYTES)
     return parse_log_bytes(data, str(target))
 
 

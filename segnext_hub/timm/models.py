@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
-import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
