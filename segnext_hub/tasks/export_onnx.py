@@ -56,8 +56,18 @@ EXPORTERS = ("auto", "dynamo", "torchscript")
 MIN_SIDE = 32
 
 
+class GraphReport:
+    """What the ONNX and OpenVINO export reports share: ``to_dict()``, JSON-safe."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)  # type: ignore[call-overload] - subclasses are dataclasses
+        out["input_size"] = list(out["input_size"])
+        out["bases_shape"] = list(out["bases_shape"])
+        return out
+
+
 @dataclass
-class ExportReport:
+class ExportReport(GraphReport):
     """What was written and how well onnxruntime agrees with PyTorch. ``to_dict()`` is JSON-safe."""
 
     path: str
@@ -78,12 +88,6 @@ class ExportReport:
     sha256: str = ""
     size_bytes: int = 0
     fallback_reason: Optional[str] = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["input_size"] = list(self.input_size)
-        out["bases_shape"] = list(self.bases_shape)
-        return out
 
 
 class _WithBasesInput(nn.Module):
@@ -208,12 +212,15 @@ def _step(bar: Any, what: str) -> None:
     bar.update()  # counts steps begun: the bar reads "step k of n" while step k runs
 
 
-def _check_args(out: Path, size: Any, bases: str, exporter: str, tolerance: float,
-                force: bool) -> tuple[int, int]:
+def check_graph_args(size: Any, bases: str, tolerance: float) -> tuple[int, int]:
+    """The arguments every graph export takes (ONNX, OpenVINO): ``(height, width)``.
+
+    Raises:
+        BadInputError: an unknown bases mode, a size that is not two integers of at least
+            :data:`MIN_SIDE`, or a tolerance that is not positive.
+    """
     if bases not in ("input", "constant"):
         raise BadInputError(f"bases must be 'input' or 'constant', got {bases!r}")
-    if exporter not in EXPORTERS:
-        raise BadInputError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     try:
         height, width = (int(v) for v in size)
     except (TypeError, ValueError):
@@ -222,6 +229,14 @@ def _check_args(out: Path, size: Any, bases: str, exporter: str, tolerance: floa
         raise BadInputError(f"size must be at least {MIN_SIDE}x{MIN_SIDE}, got {height}x{width}")
     if not tolerance > 0:
         raise BadInputError(f"tolerance must be positive, got {tolerance}")
+    return height, width
+
+
+def _check_args(out: Path, size: Any, bases: str, exporter: str, tolerance: float,
+                force: bool) -> tuple[int, int]:
+    height, width = check_graph_args(size, bases, tolerance)
+    if exporter not in EXPORTERS:
+        raise BadInputError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     if out.suffix.lower() != ".onnx":
         raise BadInputError(f"output file should end in .onnx, got {out.name}")
     check_destination(out, force=force)
@@ -375,8 +390,10 @@ def _session(path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _compare(path: Path, net: nn.Module, inputs: tuple[Tensor, ...], stored: Optional[Tensor]) -> float:
-    """Largest |onnxruntime - PyTorch| on one input; PyTorch sees exactly the same bases."""
+def reference_run(net: nn.Module, inputs: tuple[Tensor, ...],
+                  stored: Optional[Tensor]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``(feeds, PyTorch logits)`` for one check input: the graph's feeds (the image, and the
+    bases unless they are stored in the graph) and what PyTorch computes from the same bases."""
     image = inputs[0]
     bases = inputs[1] if stored is None else stored.repeat(image.shape[0], 1, 1)
     with torch.no_grad():
@@ -384,10 +401,20 @@ def _compare(path: Path, net: nn.Module, inputs: tuple[Tensor, ...], stored: Opt
     feeds = {IMAGE_INPUT: image.numpy()}
     if stored is None:
         feeds[BASES_INPUT] = bases.numpy()
-    got = run_onnx(path, feeds)
+    return feeds, expected
+
+
+def max_difference(engine: str, got: np.ndarray, expected: np.ndarray) -> float:
+    """Largest |engine - PyTorch|, in float64; a shape mismatch is a failed verification."""
     if got.shape != expected.shape:
-        raise VerificationError(f"onnxruntime output shape {got.shape} != PyTorch {expected.shape}")
+        raise VerificationError(f"{engine} output shape {got.shape} != PyTorch {expected.shape}")
     return float(np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64))))
+
+
+def _compare(path: Path, net: nn.Module, inputs: tuple[Tensor, ...], stored: Optional[Tensor]) -> float:
+    """Largest |onnxruntime - PyTorch| on one input; PyTorch sees exactly the same bases."""
+    feeds, expected = reference_run(net, inputs, stored)
+    return max_difference("onnxruntime", run_onnx(path, feeds), expected)
 
 
 def run_onnx(path: PathLike, feeds: dict[str, np.ndarray]) -> np.ndarray:

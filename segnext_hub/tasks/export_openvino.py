@@ -27,7 +27,7 @@ import logging
 import os
 import shutil
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
@@ -40,8 +40,8 @@ from ..errors import BadInputError, SegnextHubError, VerificationError
 from ..fileio import atomic_writer, check_destination, make_temp_dir, sha256_file
 from . import quantize as q
 from .export_onnx import (
-    BASES_INPUT, DEFAULT_TOLERANCE, IMAGE_INPUT, MIN_SIDE, OUTPUT, _example_inputs, _WithBasesInput,
-    _WithConstantBases, bases_shape, random_bases,
+    BASES_INPUT, DEFAULT_TOLERANCE, IMAGE_INPUT, OUTPUT, GraphReport, _example_inputs, _WithBasesInput,
+    _WithConstantBases, bases_shape, check_graph_args, max_difference, random_bases, reference_run,
 )
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -53,7 +53,7 @@ CALIBRATION_BASES_SEED = 20_000
 
 
 @dataclass
-class OpenVINOExportReport:
+class OpenVINOExportReport(GraphReport):
     """What was written, how well OpenVINO agrees with PyTorch, and (int8) the quantization.
 
     ``to_dict()`` is JSON-safe.
@@ -79,12 +79,6 @@ class OpenVINOExportReport:
     sha256: str = ""
     weights_sha256: str = ""
     size_bytes: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["input_size"] = list(self.input_size)
-        out["bases_shape"] = list(self.bases_shape)
-        return out
 
 
 def export_openvino(
@@ -189,16 +183,7 @@ def export_openvino(
 
 def _check_args(out: Path, size: Any, bases: str, tolerance: float, force: bool, int8: bool,
                 calib: Optional[PathLike], min_agreement: Optional[float]) -> tuple[int, int]:
-    if bases not in ("input", "constant"):
-        raise BadInputError(f"bases must be 'input' or 'constant', got {bases!r}")
-    try:
-        height, width = (int(v) for v in size)
-    except (TypeError, ValueError):
-        raise BadInputError(f"size must be two integers (H, W), got {size!r}") from None
-    if min(height, width) < MIN_SIDE:
-        raise BadInputError(f"size must be at least {MIN_SIDE}x{MIN_SIDE}, got {height}x{width}")
-    if not tolerance > 0:
-        raise BadInputError(f"tolerance must be positive, got {tolerance}")
+    height, width = check_graph_args(size, bases, tolerance)
     if out.suffix.lower() != ".xml":
         raise BadInputError(f"OpenVINO IR output should end in .xml (weights go beside it in .bin), got {out.name}")
     if int8 and calib is None:
@@ -276,17 +261,8 @@ def runner(compiled: Any) -> Callable[[dict], np.ndarray]:
 
 def _compare(compiled: Any, net: nn.Module, inputs: tuple[torch.Tensor, ...], stored: Optional[torch.Tensor]) -> float:
     """Largest |OpenVINO - PyTorch| on one input; both see exactly the same bases."""
-    image = inputs[0]
-    bases = inputs[1] if stored is None else stored.repeat(image.shape[0], 1, 1)
-    with torch.no_grad():
-        expected = net(image, bases=bases).numpy()
-    feeds = {IMAGE_INPUT: image.numpy()}
-    if stored is None:
-        feeds[BASES_INPUT] = bases.numpy()
-    got = runner(compiled)(feeds)
-    if got.shape != expected.shape:
-        raise VerificationError(f"OpenVINO output shape {got.shape} != PyTorch {expected.shape}")
-    return float(np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64))))
+    feeds, expected = reference_run(net, inputs, stored)
+    return max_difference("OpenVINO", runner(compiled)(feeds), expected)
 
 
 def _quantize(ov: Any, core: Any, graph: Any, net: nn.Module, size: tuple[int, int], bases: str,
