@@ -15,19 +15,30 @@ REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("mmseg_worker.py")
 
 
-def parity_python() -> Optional[str]:
-    """The MMSeg virtualenv's interpreter: $SEGNEXT_PARITY_PYTHON or .venv-parity."""
-    candidate = os.environ.get("SEGNEXT_PARITY_PYTHON") or str(REPO / ".venv-parity" / "bin" / "python")
+def venv_python(variable: str, folder: str) -> Optional[str]:
+    """A peer virtualenv's interpreter: ``$variable``, else ``REPO/folder``; None if absent."""
+    candidate = os.environ.get(variable) or str(REPO / folder / "bin" / "python")
     return candidate if Path(candidate).exists() else None
 
 
-def require_parity_env() -> str:
-    python = parity_python()
+def require_venv(variable: str, folder: str, what: str, target: str) -> str:
+    """The interpreter, or a skip with the reason (a failure under ``make test``, which builds
+    it and sets SEGNEXT_REQUIRE_PARITY)."""
+    python = venv_python(variable, folder)
     if python is None:
         if os.environ.get("SEGNEXT_REQUIRE_PARITY"):
-            pytest.fail("the MMSegmentation parity virtualenv is missing (make parity-venv)")
-        pytest.skip("MMSegmentation parity virtualenv not built (run `make test` or `make parity-venv`)")
+            pytest.fail(f"the {what} parity virtualenv is missing (make {target})")
+        pytest.skip(f"{what} parity virtualenv not built (run `make test` or `make {target}`)")
     return python
+
+
+def parity_python() -> Optional[str]:
+    """The MMSeg virtualenv's interpreter: $SEGNEXT_PARITY_PYTHON or .venv-parity."""
+    return venv_python("SEGNEXT_PARITY_PYTHON", ".venv-parity")
+
+
+def require_parity_env() -> str:
+    return require_venv("SEGNEXT_PARITY_PYTHON", ".venv-parity", "MMSegmentation", "parity-venv")
 
 
 def run_mmseg(job: dict, workdir: Path, timeout: float = 900, worker: Path = WORKER) -> dict:

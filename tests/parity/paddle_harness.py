@@ -8,26 +8,19 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
-import pytest
+from tests.parity.harness import require_venv, venv_python
 
-REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("paddle_worker.py")
 
 
 def paddle_python() -> Optional[str]:
     """The PaddleSeg virtualenv's interpreter: $SEGNEXT_PADDLE_PYTHON or .venv-paddle."""
-    candidate = os.environ.get("SEGNEXT_PADDLE_PYTHON") or str(REPO / ".venv-paddle" / "bin" / "python")
-    return candidate if Path(candidate).exists() else None
+    return venv_python("SEGNEXT_PADDLE_PYTHON", ".venv-paddle")
 
 
 def require_paddle_env() -> str:
     """The interpreter, or a skip with the reason (a failure under ``make test``, which builds it)."""
-    python = paddle_python()
-    if python is None:
-        if os.environ.get("SEGNEXT_REQUIRE_PARITY"):
-            pytest.fail("the PaddleSeg parity virtualenv is missing (make paddle-venv)")
-        pytest.skip("PaddleSeg parity virtualenv not built (run `make test` or `make paddle-venv`)")
-    return python
+    return require_venv("SEGNEXT_PADDLE_PYTHON", ".venv-paddle", "PaddleSeg", "paddle-venv")
 
 
 def run_paddle(job: dict, workdir: Path, timeout: float = 600) -> dict:
