@@ -102,6 +102,20 @@ def _checkout_unreadable_by_second_user() -> str:
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
                     reason="a real second user needs root to switch the child to uid 65534")
+
+
+def _shared_team_folder() -> tuple[Path, Path]:
+    """A fresh ``/tmp`` folder (removed by the caller) holding ``team/``: group-owned by the
+    second user's group, setgid, so new entries inherit the group (the documented setup)."""
+    shared = Path(tempfile.mkdtemp(prefix="segnext-shared-", dir="/tmp"))
+    os.chmod(shared, 0o755)
+    group = shared / "team"
+    group.mkdir()
+    os.chown(group, 0, NOBODY)
+    os.chmod(group, 0o2775)
+    return shared, group
+
+
 def test_a_second_user_loads_verifies_pulls_and_repairs_in_a_group_shared_cache(mirror):
     """User A (root, umask 002) fills a setgid group folder; user B (uid/gid 65534, umask
     002) loads A's artifact, verifies it, pulls another one and repairs A's damaged file.
@@ -110,13 +124,8 @@ def test_a_second_user_loads_verifies_pulls_and_repairs_in_a_group_shared_cache(
         pytest.skip(reason)
     mirror.serve("mscan-t")
     mirror.serve("mscan-t-in1k")
-    shared = Path(tempfile.mkdtemp(prefix="segnext-shared-", dir="/tmp"))
+    shared, group = _shared_team_folder()
     try:
-        os.chmod(shared, 0o755)
-        group = shared / "team"
-        group.mkdir()
-        os.chown(group, 0, NOBODY)
-        os.chmod(group, 0o2775)  # group-owned, setgid: new entries inherit the group
         home = shared / "home-b"
         home.mkdir()
         os.chown(home, NOBODY, NOBODY)
@@ -248,13 +257,8 @@ def test_a_group_members_manifest_edit_cannot_reach_outside_the_entry_for_anothe
     from tests.hub.hostile_entries import make_outside, outside_intact
 
     mirror.serve("mscan-t")
-    shared = Path(tempfile.mkdtemp(prefix="segnext-shared-", dir="/tmp"))
+    shared, group = _shared_team_folder()
     try:
-        os.chmod(shared, 0o755)
-        group = shared / "team"
-        group.mkdir()
-        os.chown(group, 0, NOBODY)
-        os.chmod(group, 0o2775)
         private = shared / "home-a"  # A's files: B may not write there, but names them
         make_outside(private)
         env = dict(os.environ, SEGNEXT_HUB_CACHE=str(group / "cache"), OMP_NUM_THREADS="1")
