@@ -13,11 +13,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_entry_points_and_dependencies():
     import importlib
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location("hubconf", REPO / "hubconf.py")
-    hubconf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hubconf)
+    from tests.helpers.scripts import load_script
+
+    hubconf = load_script(REPO / "hubconf.py", "hubconf")
     for name in ("mscan_t", "mscan_s", "mscan_b", "mscan_l", "mscan_t_in1k", "mscan_l_in1k"):
         assert callable(getattr(hubconf, name))
     assert "ADE20K" in hubconf.mscan_b.__doc__

@@ -11,7 +11,6 @@ torch 2.13/2.14's CPU kernels); SGD makes a wrongly scaled gradient visible.
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import os
@@ -27,6 +26,7 @@ import torch
 from PIL import Image
 
 from segnext_hub.training.data import InfiniteSampler
+from tests.helpers.scripts import load_script
 from tests.training.test_finetune import dataset  # noqa: F401 - the tiny generated dataset fixture
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -38,18 +38,12 @@ EXAMPLE = REPO / "examples" / "finetune.py"
 
 @pytest.fixture(scope="module")
 def worker():
-    spec = importlib.util.spec_from_file_location("ddp_worker", WORKER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(WORKER, "ddp_worker")
 
 
 @pytest.fixture(scope="module")
 def finetune():
-    spec = importlib.util.spec_from_file_location("finetune_example_dist", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLE, "finetune_example_dist")
 
 
 def env() -> dict:

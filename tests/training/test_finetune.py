@@ -4,7 +4,6 @@ counter, and the saved file loads for inference with its classes."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from PIL import Image
 
 import segnext_hub
 from segnext_hub.training.checkpoint import save_checkpoint
+from tests.helpers.scripts import load_script
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "finetune.py"
 COLOURS = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200]], np.uint8)
@@ -28,10 +28,7 @@ def _one_thread(one_torch_thread):
 
 @pytest.fixture(scope="module")
 def finetune():
-    spec = importlib.util.spec_from_file_location("finetune_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLE, "finetune_example")
 
 
 @pytest.fixture(scope="module")
